@@ -1,0 +1,10 @@
+/**
+ * @cachekit/core: contracts (backend, entry, codecs, errors), the W-TinyLFU memory backend,
+ * the Cache service and tiers.
+ *
+ * @since 0.1.0
+ */
+export * as CacheBackend from "./CacheBackend.js"
+export * as CacheEntry from "./CacheEntry.js"
+export * as CacheError from "./CacheError.js"
+export * as Codec from "./Codec.js"

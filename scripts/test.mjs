@@ -1,0 +1,32 @@
+// Runs every package's vitest project and ends with the line CI reads: "N passed, N failed".
+// Extra arguments are passed to vitest (e.g. `npm run test:only -- --project @cachekit/core`).
+import { spawnSync } from "node:child_process"
+import { existsSync, readFileSync, rmSync } from "node:fs"
+
+const report = ".vitest-report.json"
+rmSync(report, { force: true })
+const result = spawnSync(
+  process.execPath,
+  [
+    "node_modules/vitest/vitest.mjs",
+    "run",
+    "--reporter=default",
+    "--reporter=json",
+    `--outputFile.json=${report}`,
+    ...process.argv.slice(2)
+  ],
+  { stdio: "inherit" }
+)
+let passed = 0
+let failed = 0
+let skipped = 0
+if (existsSync(report)) {
+  const json = JSON.parse(readFileSync(report, "utf8"))
+  passed = json.numPassedTests
+  failed = json.numFailedTests + (json.numRuntimeErrorTestSuites ?? 0)
+  skipped = json.numPendingTests + json.numTodoTests
+} else {
+  failed = 1
+}
+console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`)
+process.exit(result.status === 0 && failed === 0 ? 0 : 1)
