@@ -90,6 +90,11 @@ export interface CacheBackend {
   readonly scan?: ScanCapability | undefined
   readonly streaming?: StreamingCapability | undefined
   readonly stats?: Effect.Effect<BackendStats> | undefined
+  /**
+   * In-process backends only: a synchronous read for the hot path (no Effect allocated). Same
+   * semantics as `get` (expired past `staleUntil` = miss); `now` is the caller's `Clock` reading.
+   */
+  readonly unsafeGetSync?: ((key: string, now: number) => CacheEntry | undefined) | undefined
   /** Largest value in bytes this backend accepts (`EntryTooLarge` above it). */
   readonly maxEntrySize?: number | undefined
 }
