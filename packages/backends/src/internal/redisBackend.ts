@@ -1,0 +1,342 @@
+import type { CacheBackend as CB } from "@cachekit/core"
+import { CacheBackend, CacheEntry, CacheError } from "@cachekit/core"
+import { Clock, Effect, Either, Option } from "effect"
+import type { Scope } from "effect"
+import { Redis } from "ioredis"
+import type { Result } from "ioredis"
+import type { ResolvedOptions } from "../RedisBackend.js"
+
+declare module "ioredis" {
+  interface RedisCommander<Context> {
+    /** SADD member to a tag set and make its TTL at least `ttl` ms (`-1`: persist). */
+    cachekitTagLink(tagSetKey: string, member: string, ttl: string): Result<number, Context>
+  }
+}
+
+/**
+ * Adds a key to a tag set and keeps the set alive at least as long as the entry:
+ * a new set gets the entry's TTL, an existing set is only ever extended, an entry without
+ * expiry makes the set persistent. The set therefore never outlives its longest member by
+ * more than that member's TTL, and expired members are pruned lazily on read.
+ */
+const TAG_LINK_LUA = `
+local before = redis.call('PTTL', KEYS[1])
+redis.call('SADD', KEYS[1], ARGV[1])
+local ttl = tonumber(ARGV[2])
+if ttl < 0 then
+  redis.call('PERSIST', KEYS[1])
+elseif before == -2 or (before >= 0 and before < ttl) then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return 1
+`
+
+/** Escapes glob metacharacters so a literal string can be used in SCAN MATCH. */
+const escapeGlob = (s: string) => s.replace(/[*?[\]\\]/g, "\\$&")
+
+export const makeRedisBackend = (
+  options: ResolvedOptions
+): Effect.Effect<CB.CacheBackend, CacheError.CacheError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const { name, prefix } = options
+    if (/[{}]/.test(prefix)) {
+      return yield* Effect.fail(
+        CacheError.backendUnavailable(
+          name,
+          "configure",
+          `prefix "${prefix}" contains { or }`,
+          "use a prefix without braces (they are Redis Cluster hash tags)"
+        )
+      )
+    }
+    const where = `Redis at ${options.host}:${options.port}`
+    const hint = `set CACHEKIT_REDIS_URL or start redis-server`
+
+    const client = yield* Effect.acquireRelease(
+      Effect.tryPromise({
+        try: async () => {
+          const redisOptions = {
+            lazyConnect: true,
+            // fail fast instead of queueing commands while disconnected
+            enableOfflineQueue: false,
+            maxRetriesPerRequest: 0,
+            autoResendUnfulfilledCommands: false,
+            commandTimeout: options.commandTimeoutMillis,
+            connectTimeout: options.connectTimeoutMillis,
+            // keep reconnecting in the background; operations fail typed until it is back
+            retryStrategy: (times: number) => Math.min(50 * times, 1000),
+            ...(options.db === undefined ? {} : { db: options.db }),
+            ...(options.username === undefined ? {} : { username: options.username }),
+            ...(options.password === undefined ? {} : { password: options.password })
+          }
+          const c = options.url === undefined
+            ? new Redis({ ...redisOptions, host: options.host, port: options.port })
+            : new Redis(options.url, redisOptions)
+          // errors are reported through the commands that fail; without a listener ioredis logs them
+          c.on("error", () => {})
+          c.defineCommand("cachekitTagLink", { numberOfKeys: 1, lua: TAG_LINK_LUA })
+          try {
+            await c.connect()
+          } catch (cause) {
+            c.disconnect()
+            throw cause
+          }
+          return c
+        },
+        catch: (cause) =>
+          CacheError.backendUnavailable(
+            name,
+            "connect",
+            cause,
+            `${where} ${/ECONNREFUSED/.test(String(cause)) ? "refused the connection" : "is not reachable"}; ${hint}`
+          )
+      }),
+      (c) =>
+        Effect.promise(async () => {
+          if (c.status === "ready") {
+            await Promise.race([c.quit().catch(() => "failed"), new Promise((r) => setTimeout(r, 1000))])
+          }
+          c.disconnect()
+        })
+    )
+
+    const toError = (operation: string) => (cause: unknown): CacheError.CacheError => {
+      if (cause instanceof Error && /Command timed out/i.test(cause.message)) {
+        return CacheError.backendTimeout(name, operation, options.commandTimeoutMillis)
+      }
+      return CacheError.backendUnavailable(
+        name,
+        operation,
+        cause,
+        `${where} is ${client.status === "ready" ? "connected" : client.status}; ${hint}`
+      )
+    }
+    const call = <A>(operation: string, f: () => Promise<A>): Effect.Effect<A, CacheError.CacheError> =>
+      Effect.tryPromise({ try: f, catch: toError(operation) })
+
+    /** Runs a pipeline; the first command error fails the whole operation. */
+    const pipeline = (
+      operation: string,
+      build: (p: ReturnType<Redis["pipeline"]>) => void,
+      transaction = false
+    ): Effect.Effect<Array<unknown>, CacheError.CacheError> =>
+      call(operation, async () => {
+        const p = transaction ? client.multi() : client.pipeline()
+        build(p)
+        const results = (await p.exec()) ?? []
+        return results.map(([err, value]) => {
+          if (err) throw err
+          return value
+        })
+      })
+
+    const entryKey = (key: string) => `${prefix}e{${key}}`
+    const linksKey = (key: string) => `${prefix}l{${key}}`
+    const tagKey = (tag: string) => `${prefix}t{${tag}}`
+    const entryPrefixLength = prefix.length + 2
+    const userKeyOfEntryKey = (k: string) => k.slice(entryPrefixLength, -1)
+
+    const validate = (key: string) => CacheBackend.validateKey(key)
+
+    /** Removes `key` from the sets of tags it no longer carries. */
+    const unlinkTags = (key: string, tags: ReadonlyArray<string>) =>
+      tags.length === 0
+        ? Effect.void
+        : Effect.asVoid(pipeline("unlink tags", (p) => {
+          for (const t of tags) p.srem(tagKey(t), key)
+        }))
+
+    const removeKeys = (keys: ReadonlyArray<string>, operation: string) =>
+      Effect.gen(function*() {
+        if (keys.length === 0) return 0
+        const results = yield* pipeline(operation, (p) => {
+          for (const k of keys) {
+            p.smembers(linksKey(k))
+            p.unlink(entryKey(k), linksKey(k))
+          }
+        })
+        let removed = 0
+        const unlinks: Array<Effect.Effect<void, CacheError.CacheError>> = []
+        for (let i = 0; i < keys.length; i++) {
+          const tags = results[2 * i] as Array<string>
+          const count = results[2 * i + 1] as number
+          // UNLINK counts the links key too; the entry existed if more keys than links went away
+          if (count > (tags.length > 0 ? 1 : 0)) removed++
+          if (tags.length > 0) unlinks.push(unlinkTags(keys[i]!, tags))
+        }
+        yield* Effect.all(unlinks, { discard: true })
+        return removed
+      })
+
+    const get = (key: string): Effect.Effect<Option.Option<CacheEntry.CacheEntry>, CacheError.CacheError> =>
+      Effect.gen(function*() {
+        yield* validate(key)
+        const bytes = yield* call("get", () => client.getBuffer(entryKey(key)))
+        if (bytes === null) return Option.none()
+        const decoded = CacheEntry.decodeEither(key, bytes)
+        if (Either.isLeft(decoded)) {
+          // an undecodable entry (corrupted, another format version) is removed and is a miss
+          yield* removeKeys([key], "delete undecodable")
+          return Option.none()
+        }
+        const now = yield* Clock.currentTimeMillis
+        return CacheEntry.isServable(decoded.right, now) ? Option.some(decoded.right) : Option.none()
+      })
+
+    const set = (key: string, entry: CacheEntry.CacheEntry): Effect.Effect<void, CacheError.CacheError> =>
+      Effect.gen(function*() {
+        yield* validate(key)
+        const bytes = CacheEntry.encode(entry)
+        if (bytes.byteLength > options.maxEntrySize) {
+          return yield* Effect.fail(
+            new CacheError.EntryTooLarge({
+              key,
+              size: bytes.byteLength,
+              maxSize: options.maxEntrySize,
+              message:
+                `entry "${key}" encodes to ${bytes.byteLength} bytes, over the Redis backend's limit of ${options.maxEntrySize}; raise maxEntrySize`
+            })
+          )
+        }
+        const now = yield* Clock.currentTimeMillis
+        const ttl = CacheEntry.retainMillis(entry, now)
+        const value = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+        const tags = [...new Set(entry.tags)]
+        // Entry and its links are written in one transaction (both in the entry's hash slot), reading
+        // the old links atomically; tag sets live in other slots and are updated in a second pipeline.
+        const results = yield* pipeline("set", (p) => {
+          p.smembers(linksKey(key))
+          if (ttl === undefined) p.set(entryKey(key), value)
+          else p.set(entryKey(key), value, "PX", ttl)
+          p.del(linksKey(key))
+          if (tags.length > 0) {
+            p.sadd(linksKey(key), ...tags)
+            if (ttl !== undefined) p.pexpire(linksKey(key), ttl)
+          }
+        }, true)
+        const oldTags = results[0] as Array<string>
+        const dropped = oldTags.filter((t) => !tags.includes(t))
+        if (tags.length > 0 || dropped.length > 0) {
+          yield* pipeline("set tags", (p) => {
+            for (const t of tags) p.cachekitTagLink(tagKey(t), key, String(ttl ?? -1))
+            for (const t of dropped) p.srem(tagKey(t), key)
+          })
+        }
+      })
+
+    const del = (key: string): Effect.Effect<boolean, CacheError.CacheError> =>
+      Effect.flatMap(validate(key), () => Effect.map(removeKeys([key], "delete"), (n) => n > 0))
+
+    /** Visits every key matching `match`, a page at a time. */
+    const scanAll = (
+      operation: string,
+      match: string,
+      onPage: (keys: Array<string>) => Effect.Effect<void, CacheError.CacheError>
+    ) =>
+      Effect.gen(function*() {
+        let cursor = "0"
+        do {
+          const [next, keys] = yield* call(
+            operation,
+            () => client.scan(cursor, "MATCH", match, "COUNT", options.scanCount)
+          )
+          cursor = next
+          if (keys.length > 0) yield* onPage(keys)
+        } while (cursor !== "0")
+      })
+
+    const clear = scanAll("clear", `${escapeGlob(prefix)}*`, (keys) =>
+      Effect.asVoid(pipeline("clear", (p) => {
+        p.unlink(...keys)
+      })))
+
+    /** Members of a tag set whose entries still carry the tag; stale members are pruned. */
+    const liveMembers = (tag: string) =>
+      Effect.gen(function*() {
+        const members = yield* call("tag members", () => client.smembers(tagKey(tag)))
+        if (members.length === 0) return members
+        const checks = yield* pipeline("tag members", (p) => {
+          for (const m of members) p.sismember(linksKey(m), tag)
+        })
+        const live: Array<string> = []
+        const stale: Array<string> = []
+        members.forEach((m, i) => (checks[i] === 1 ? live : stale).push(m))
+        if (stale.length > 0) yield* call("prune tag", () => client.srem(tagKey(tag), ...stale))
+        return live
+      })
+
+    const tagCapability: CB.TagCapability = {
+      deleteByTags: (tags) =>
+        Effect.gen(function*() {
+          let removed = 0
+          for (const tag of new Set(tags)) {
+            const live = yield* liveMembers(tag)
+            removed += yield* removeKeys(live, "delete by tag")
+            yield* call("delete by tag", () => client.unlink(tagKey(tag)))
+          }
+          return removed
+        }),
+      keysForTag: (tag) => liveMembers(tag),
+      listTags: Effect.gen(function*() {
+        const tags: Array<string> = []
+        const tagPrefixLength = prefix.length + 2
+        yield* scanAll("list tags", `${escapeGlob(prefix)}t{*}`, (keys) =>
+          Effect.sync(() => {
+            for (const k of keys) tags.push(k.slice(tagPrefixLength, -1))
+          }))
+        return tags
+      })
+    }
+
+    const scanCapability: CB.ScanCapability = {
+      keys: (pattern, page) =>
+        Effect.gen(function*() {
+          const [next, keys] = yield* call(
+            "scan",
+            () =>
+              client.scan(
+                page?.cursor ?? "0",
+                "MATCH",
+                `${escapeGlob(prefix)}e{${pattern}}`,
+                "COUNT",
+                page?.count ?? options.scanCount
+              )
+          )
+          return { keys: keys.map(userKeyOfEntryKey), cursor: next === "0" ? undefined : next }
+        }),
+      deletePattern: (pattern) =>
+        Effect.gen(function*() {
+          let removed = 0
+          yield* scanAll("delete pattern", `${escapeGlob(prefix)}e{${pattern}}`, (keys) =>
+            Effect.map(removeKeys(keys.map(userKeyOfEntryKey), "delete pattern"), (n) => {
+              removed += n
+            }))
+          return removed
+        })
+    }
+
+    const health: Effect.Effect<CB.Health> = Effect.gen(function*() {
+      const start = yield* Clock.currentTimeNanos
+      const result = yield* Effect.either(call("ping", () => client.ping()))
+      const latencyMillis = Number((yield* Clock.currentTimeNanos) - start) / 1e6
+      return Either.match(result, {
+        onLeft: (e): CB.Health => ({ backend: name, status: "down", latencyMillis, detail: e.message }),
+        onRight: (): CB.Health => ({ backend: name, status: "up", latencyMillis })
+      })
+    })
+
+    return {
+      name,
+      get,
+      set,
+      delete: del,
+      clear,
+      health,
+      tags: tagCapability,
+      scan: scanCapability,
+      maxEntrySize: options.maxEntrySize
+    } satisfies CB.CacheBackend
+  })
+
+/** The ioredis client type, for tests and benchmarks that want the raw client. */
+export type RedisClient = Redis
