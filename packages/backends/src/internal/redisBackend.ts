@@ -52,6 +52,8 @@ export const makeRedisBackend = (
     const where = `Redis at ${options.host}:${options.port}`
     const hint = `set CACHEKIT_REDIS_URL or start redis-server`
 
+    // the socket error behind a failure ("Connection is closed." alone does not say why)
+    let lastSocketError: unknown = undefined
     const client = yield* Effect.acquireRelease(
       Effect.tryPromise({
         try: async () => {
@@ -73,7 +75,9 @@ export const makeRedisBackend = (
             ? new Redis({ ...redisOptions, host: options.host, port: options.port })
             : new Redis(options.url, redisOptions)
           // errors are reported through the commands that fail; without a listener ioredis logs them
-          c.on("error", () => {})
+          c.on("error", (error: unknown) => {
+            lastSocketError = error
+          })
           c.defineCommand("cachekitTagLink", { numberOfKeys: 1, lua: TAG_LINK_LUA })
           try {
             await c.connect()
@@ -83,13 +87,15 @@ export const makeRedisBackend = (
           }
           return c
         },
-        catch: (cause) =>
-          CacheError.backendUnavailable(
+        catch: (cause) => {
+          const why = lastSocketError ?? cause
+          return CacheError.backendUnavailable(
             name,
             "connect",
-            cause,
-            `${where} ${/ECONNREFUSED/.test(String(cause)) ? "refused the connection" : "is not reachable"}; ${hint}`
+            why,
+            `${where} ${/ECONNREFUSED/.test(String(why)) ? "refused the connection" : "is not reachable"}; ${hint}`
           )
+        }
       }),
       (c) =>
         Effect.promise(async () => {
