@@ -1,0 +1,145 @@
+/**
+ * A count-min sketch of 4-bit counters: the frequency history of W-TinyLFU.
+ *
+ * Each key maps to one counter in each of 4 rows (depth 4) and its estimate is the minimum of the
+ * four. Counters saturate at 15; after `sampleSize` increments every counter is halved ("aging"),
+ * so the history follows a changing workload instead of remembering the distant past forever.
+ * Eight counters are packed in each 32-bit word of a `Uint32Array`, so the whole sketch for a
+ * cache of N entries takes about 8·N bytes and an update touches 4 words.
+ *
+ * Keys are given as 32-bit hashes (the policy caches each entry's hash, so a hit hashes nothing).
+ *
+ * @internal
+ */
+
+/** Odd multipliers, one per row, that decorrelate the four row indexes of one hash. */
+const SEED_0 = 0x97cb3127
+const SEED_1 = 0x7a84f3e5 | 0
+const SEED_2 = 0x3c6ef372
+const SEED_3 = 0x1b873593
+
+/** Mask of the low bit of each nibble in a word (counts odd counters when halving). */
+const ONE_MASK = 0x11111111
+/** Keeps the three low bits of each nibble after a right shift by one (halving). */
+const RESET_MASK = 0x77777777
+
+/** A fresh hash of `h` for one row: multiply, then fold the high bits down. */
+const rowHash = (h: number, seed: number): number => {
+  let x = Math.imul(h ^ seed, seed)
+  x ^= x >>> 15
+  x = Math.imul(x, 0x2c1b3c6d)
+  return x ^ (x >>> 13)
+}
+
+const popcount = (v: number): number => {
+  v = v - ((v >>> 1) & 0x55555555)
+  v = (v & 0x33333333) + ((v >>> 2) & 0x33333333)
+  return (Math.imul((v + (v >>> 4)) & 0x0f0f0f0f, 0x01010101) >>> 24)
+}
+
+const ceilingPowerOfTwo = (n: number): number => {
+  let p = 1
+  while (p < n) p *= 2
+  return p
+}
+
+export class CountMinSketch {
+  private readonly table: Uint32Array
+  private readonly wordMask: number
+  /** Increments between two agings. */
+  readonly sampleSize: number
+  private additions = 0
+  /** How many times the counters were halved (for tests and stats). */
+  resets = 0
+
+  /**
+   * @param expectedEntries the cache's maximum entry count; the sketch keeps ~16 counters per entry.
+   * @param sampleFactor agings happen every `sampleFactor * expectedEntries` increments (Caffeine uses 10).
+   */
+  constructor(expectedEntries: number, sampleFactor = 10) {
+    const entries = Math.max(16, Math.min(Math.floor(expectedEntries), 1 << 26))
+    // 2 words (16 counters) per expected entry, rounded to a power of two for masking.
+    const words = ceilingPowerOfTwo(entries * 2)
+    this.table = new Uint32Array(words)
+    this.wordMask = words - 1
+    this.sampleSize = Math.max(16, Math.floor(sampleFactor * entries))
+  }
+
+  /** The estimated number of increments of `hash` since aging last halved it (0..15). */
+  frequency(hash: number): number {
+    const t = this.table
+    const m = this.wordMask
+    let h = rowHash(hash, SEED_0)
+    let min = (t[(h >>> 3) & m]! >>> ((h & 7) << 2)) & 15
+    h = rowHash(hash, SEED_1)
+    min = Math.min(min, (t[(h >>> 3) & m]! >>> ((h & 7) << 2)) & 15)
+    h = rowHash(hash, SEED_2)
+    min = Math.min(min, (t[(h >>> 3) & m]! >>> ((h & 7) << 2)) & 15)
+    h = rowHash(hash, SEED_3)
+    return Math.min(min, (t[(h >>> 3) & m]! >>> ((h & 7) << 2)) & 15)
+  }
+
+  /** Counts one occurrence of `hash`; ages the sketch when the sample is full. */
+  increment(hash: number): void {
+    const added = this.incrementAt(rowHash(hash, SEED_0)) |
+      this.incrementAt(rowHash(hash, SEED_1)) |
+      this.incrementAt(rowHash(hash, SEED_2)) |
+      this.incrementAt(rowHash(hash, SEED_3))
+    if (added !== 0 && ++this.additions >= this.sampleSize) this.reset()
+  }
+
+  private incrementAt(h: number): number {
+    const index = (h >>> 3) & this.wordMask
+    const shift = (h & 7) << 2
+    const word = this.table[index]!
+    if (((word >>> shift) & 15) === 15) return 0
+    this.table[index] = word + (1 << shift)
+    return 1
+  }
+
+  /** Halves every counter. Odd counters lose half an increment each, which `additions` accounts for. */
+  private reset(): void {
+    const t = this.table
+    let odd = 0
+    for (let i = 0; i < t.length; i++) {
+      const w = t[i]!
+      odd += popcount(w & ONE_MASK)
+      t[i] = (w >>> 1) & RESET_MASK
+    }
+    // Four rows per key, so four odd counters lose about one increment in total.
+    this.additions = Math.max(0, (this.additions - (odd >>> 2)) >>> 1)
+    this.resets++
+  }
+
+  clear(): void {
+    this.table.fill(0)
+    this.additions = 0
+  }
+}
+
+/** 32-bit hash of a string (FNV-1a over UTF-16 code units, then a finalising mix). */
+export const hashString = (s: string): number => {
+  let h = 0x811c9dc5
+  for (let i = 0; i < s.length; i++) {
+    h = Math.imul(h ^ s.charCodeAt(i), 0x01000193)
+  }
+  return mix32(h)
+}
+
+/** 32-bit finalising mix (from MurmurHash3's fmix32): spreads every input bit over the output. */
+export const mix32 = (h: number): number => {
+  h ^= h >>> 16
+  h = Math.imul(h, 0x85ebca6b)
+  h ^= h >>> 13
+  h = Math.imul(h, 0xc2b2ae35)
+  return h ^ (h >>> 16)
+}
+
+/** Hash for strings and numbers (integers hash by value; other numbers through their text). */
+export const hashKey = (key: unknown): number => {
+  if (typeof key === "string") return hashString(key)
+  if (typeof key === "number" && Number.isInteger(key)) {
+    return mix32((key | 0) ^ Math.imul((key / 4294967296) | 0, 0x9e3779b1))
+  }
+  return hashString(String(key))
+}
