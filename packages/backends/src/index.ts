@@ -3,4 +3,5 @@
  *
  * @since 0.1.0
  */
+export * as MemcachedBackend from "./MemcachedBackend.js"
 export * as RedisBackend from "./RedisBackend.js"

@@ -1,0 +1,171 @@
+import type { CacheBackend as CB } from "@cachekit/core"
+import { CacheBackend, CacheEntry, CacheError } from "@cachekit/core"
+import { Clock, Effect, Either, Option } from "effect"
+import type { Scope } from "effect"
+import memjs from "memjs"
+import { createHash } from "node:crypto"
+import * as HashRing from "./hashRing.js"
+
+export interface ResolvedOptions {
+  readonly servers: ReadonlyArray<string>
+  readonly prefix: string
+  readonly timeoutMillis: number
+  readonly maxEntrySize: number
+  readonly pointsPerServer: number
+  readonly name: string
+}
+
+/** Memcached treats an expiration over 30 days as an absolute unix time. */
+export const RELATIVE_EXPIRATION_LIMIT_SECONDS = 60 * 60 * 24 * 30
+
+/**
+ * The `expires` value memcached expects for keeping an item `retainMillis` (undefined: forever)
+ * at `nowMillis`: 0 for never, seconds (rounded up) up to 30 days, an absolute unix time above.
+ */
+export const expiration = (retainMillis: number | undefined, nowMillis: number): number => {
+  if (retainMillis === undefined) return 0
+  const seconds = Math.max(1, Math.ceil(retainMillis / 1000))
+  return seconds <= RELATIVE_EXPIRATION_LIMIT_SECONDS ? seconds : Math.floor(nowMillis / 1000) + seconds
+}
+
+const MAX_KEY_BYTES = 250
+const STORABLE = /^[\x21-\x7e]+$/
+
+/**
+ * Memcached keys are at most 250 bytes of printable ASCII without spaces. Anything else is
+ * replaced by `prefix#<sha256 base64url>`, which is printable and 53 bytes plus the prefix.
+ */
+export const storageKey = (prefix: string, key: string): string => {
+  const full = prefix + key
+  if (full.length <= MAX_KEY_BYTES && STORABLE.test(full)) return full
+  return `${prefix}#${createHash("sha256").update(key, "utf8").digest("base64url")}`
+}
+
+interface Server {
+  readonly address: string
+  readonly client: memjs.Client
+}
+
+const silent = { log: () => {} }
+
+export const makeMemcachedBackend = (
+  options: ResolvedOptions
+): Effect.Effect<CB.CacheBackend, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const { name, prefix } = options
+    const servers = yield* Effect.acquireRelease(
+      Effect.sync(() =>
+        options.servers.map((address): Server => ({
+          address,
+          // one client per server and no failover: a dead server fails its own keys, fast
+          client: memjs.Client.create(address, {
+            retries: 1,
+            failover: false,
+            timeout: options.timeoutMillis / 1000,
+            conntimeout: options.timeoutMillis / 1000,
+            keepAlive: true,
+            logger: silent
+          })
+        }))
+      ),
+      (all) => Effect.sync(() => all.forEach((s) => s.client.close()))
+    )
+    const ring = HashRing.make(servers, (s) => s.address, options.pointsPerServer)
+
+    const call = <A>(server: Server, operation: string, f: () => Promise<A>) =>
+      Effect.tryPromise({
+        try: f,
+        catch: (cause): CacheError.CacheError =>
+          cause instanceof Error && /timed out/.test(cause.message) && !/connecting/.test(cause.message)
+            ? CacheError.backendTimeout(name, `${operation} on ${server.address}`, options.timeoutMillis)
+            : CacheError.backendUnavailable(
+              name,
+              `${operation} on ${server.address}`,
+              cause,
+              `memcached at ${server.address} is not reachable; start it or remove it from CACHEKIT_MEMCACHED_SERVERS`
+            )
+      })
+
+    const locate = (key: string) =>
+      Effect.map(CacheBackend.validateKey(key), (k) => {
+        const stored = storageKey(prefix, k)
+        return { stored, server: ring.locate(stored) }
+      })
+
+    const get = (key: string) =>
+      Effect.gen(function*() {
+        const { server, stored } = yield* locate(key)
+        const { value } = yield* call(server, "get", () => server.client.get(stored))
+        if (value === null) return Option.none()
+        const decoded = CacheEntry.decodeEither(key, value)
+        if (Either.isLeft(decoded)) {
+          yield* call(server, "delete undecodable", () => server.client.delete(stored))
+          return Option.none()
+        }
+        const now = yield* Clock.currentTimeMillis
+        // memcached expires in whole seconds; the entry's own time is exact
+        return CacheEntry.isServable(decoded.right, now) ? Option.some(decoded.right) : Option.none()
+      })
+
+    const set = (key: string, entry: CacheEntry.CacheEntry) =>
+      Effect.gen(function*() {
+        const { server, stored } = yield* locate(key)
+        const bytes = CacheEntry.encode(entry)
+        if (bytes.byteLength > options.maxEntrySize) {
+          return yield* Effect.fail(
+            new CacheError.EntryTooLarge({
+              key,
+              size: bytes.byteLength,
+              maxSize: options.maxEntrySize,
+              message:
+                `entry "${key}" encodes to ${bytes.byteLength} bytes, over the memcached backend's limit of ${options.maxEntrySize}; raise maxEntrySize and the server's -I item size`
+            })
+          )
+        }
+        const now = yield* Clock.currentTimeMillis
+        const expires = expiration(CacheEntry.retainMillis(entry, now), now)
+        const value = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+        const ok = yield* call(server, "set", () => server.client.set(stored, value, { expires }))
+        if (!ok) {
+          return yield* Effect.fail(
+            CacheError.backendUnavailable(name, `set on ${server.address}`, "the server refused the item")
+          )
+        }
+      })
+
+    const del = (key: string) =>
+      Effect.flatMap(locate(key), ({ server, stored }) => call(server, "delete", () => server.client.delete(stored)))
+
+    const clear = Effect.forEach(servers, (server) => call(server, "flush", () => server.client.flush()), {
+      concurrency: "unbounded",
+      discard: true
+    })
+
+    const health: Effect.Effect<CB.Health> = Effect.gen(function*() {
+      const start = yield* Clock.currentTimeNanos
+      const results = yield* Effect.forEach(
+        servers,
+        (server) => Effect.either(call(server, "health", () => server.client.get(`${prefix}#health`))),
+        { concurrency: "unbounded" }
+      )
+      const latencyMillis = Number((yield* Clock.currentTimeNanos) - start) / 1e6
+      const down = servers.filter((_, i) => Either.isLeft(results[i]!)).map((s) => s.address)
+      const status = down.length === 0 ? "up" : down.length === servers.length ? "down" : "degraded"
+      return {
+        backend: name,
+        status,
+        latencyMillis,
+        ...(down.length === 0 ? {} : { detail: `unreachable: ${down.join(", ")}` })
+      } satisfies CB.Health
+    })
+
+    return {
+      name,
+      get,
+      set,
+      delete: del,
+      clear,
+      health,
+      maxEntrySize: options.maxEntrySize
+    } satisfies CB.CacheBackend
+  })
