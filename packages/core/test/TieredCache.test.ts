@@ -1,0 +1,352 @@
+import { CacheEntry, InvalidationBus, TieredCache } from "@cachekit/core"
+import { describe, expect, it } from "@effect/vitest"
+import { Clock, Context, Effect, Fiber, Layer, Option, TestClock } from "effect"
+import { entryAt, makeEntry, makeMapBackend, str } from "./fixtures/tierFixtures.js"
+
+const SECOND = 1000
+const MINUTE = 60 * SECOND
+
+const twoTiers = (l2Options?: Partial<TieredCache.Tier>, l1Options?: Partial<TieredCache.Tier>) => {
+  const l1 = makeMapBackend("l1", { sync: true })
+  const l2 = makeMapBackend("l2")
+  return {
+    l1,
+    l2,
+    make: TieredCache.make([{ backend: l1, ...l1Options }, { backend: l2, ...l2Options }])
+  }
+}
+
+const getValue = (tiered: TieredCache.TieredCache, key: string) => Effect.map(tiered.get(key), Option.map(str))
+
+/** Lets forked fibers (the bus subscriber) run until `done` holds, at most `rounds` scheduler turns. */
+const settle = (done: () => boolean, rounds = 200) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < rounds && !done(); i++) yield* Effect.yieldNow()
+    expect(done()).toBe(true)
+  })
+
+describe("TieredCache reads and writes", () => {
+  it.scoped("fills an L1 miss from L2 and promotes it with the original expiry, not L2's longer one", () =>
+    Effect.gen(function*() {
+      const { l1, l2, make } = twoTiers({ ttlScale: 2 })
+      const tiered = yield* make
+      yield* TestClock.adjust(5 * SECOND)
+      const entry = yield* makeEntry("v1", MINUTE)
+      yield* tiered.set("k", entry)
+      expect(l2.store.get("k")!.expiresAt).toBe(entry.createdAt + 2 * MINUTE)
+      l1.store.delete("k")
+      yield* TestClock.adjust(30 * SECOND)
+
+      expect(yield* getValue(tiered, "k")).toEqual(Option.some("v1"))
+      const promoted = l1.store.get("k")!
+      expect(promoted.expiresAt).toBe(entry.createdAt + MINUTE)
+      expect(promoted.createdAt).toBe(entry.createdAt)
+      const stats = yield* tiered.stats
+      expect(stats.map((s) => [s.name, s.hits, s.misses, s.promotions])).toEqual([["l1#1", 0, 1, 1], [
+        "l2#2",
+        1,
+        0,
+        0
+      ]])
+    }))
+
+  it.scoped("scales TTL per tier: L2 keeps an entry twice as long as L1", () =>
+    Effect.gen(function*() {
+      const { l1, l2, make } = twoTiers({ ttlScale: 2 })
+      const tiered = yield* make
+      yield* tiered.set("k", yield* makeEntry("v", MINUTE))
+      yield* TestClock.adjust(90 * SECOND)
+      expect(l1.unsafeGetSync!("k", yield* Clock.currentTimeMillis)).toBeUndefined()
+      expect(yield* getValue(tiered, "k")).toEqual(Option.some("v"))
+      // nothing servable is promoted past its original expiry
+      expect(l1.store.has("k")).toBe(false)
+      yield* TestClock.adjust(31 * SECOND)
+      expect(yield* tiered.get("k")).toEqual(Option.none())
+      expect(l2.calls.get).toBe(2)
+    }))
+
+  it.scoped("takes a TTL per tier per call (1 minute in L1, 1 hour in L2)", () =>
+    Effect.gen(function*() {
+      const { l1, l2, make } = twoTiers()
+      const tiered = yield* make
+      const now = yield* Clock.currentTimeMillis
+      yield* tiered.set("k", entryAt(now, "v", 5 * MINUTE, { graceMillis: MINUTE }), { ttl: ["1 minute", "1 hour"] })
+      expect(l1.store.get("k")!.expiresAt).toBe(now + MINUTE)
+      expect(l1.store.get("k")!.staleUntil).toBe(now + 2 * MINUTE)
+      expect(l2.store.get("k")!.expiresAt).toBe(now + 60 * MINUTE)
+      yield* TestClock.adjust(10 * MINUTE)
+      // found in L2 but L1 gets no more than the entry's own lifetime (5 min + 1 min grace): already over
+      expect(yield* getValue(tiered, "k")).toEqual(Option.some("v"))
+      expect(l1.store.has("k")).toBe(false)
+    }))
+
+  it.scoped("promotes into L1 only after N hits within the window", () =>
+    Effect.gen(function*() {
+      const { l1, l2, make } = twoTiers(undefined, { promote: { afterHits: 3, window: "1 minute" } })
+      const tiered = yield* make
+      l2.store.set("k", yield* makeEntry("v", 10 * MINUTE))
+      yield* tiered.get("k")
+      yield* TestClock.adjust(2 * MINUTE) // the window ends: counting starts again
+      yield* tiered.get("k")
+      yield* tiered.get("k")
+      expect(l1.store.has("k")).toBe(false)
+      yield* tiered.get("k")
+      expect(l1.store.has("k")).toBe(true)
+      const before = l2.calls.get
+      expect(yield* getValue(tiered, "k")).toEqual(Option.some("v"))
+      expect(l2.calls.get).toBe(before) // served by L1 now
+    }))
+
+  it.scoped("keeps large entries out of L1 (and drops the small value L1 had for the key)", () =>
+    Effect.gen(function*() {
+      const { l1, l2, make } = twoTiers(undefined, { maxEntrySize: 8 })
+      const tiered = yield* make
+      yield* tiered.set("k", yield* makeEntry("small", MINUTE))
+      expect(l1.store.has("k")).toBe(true)
+      yield* tiered.set("k", yield* makeEntry("a value far too large for L1", MINUTE))
+      expect(l1.store.has("k")).toBe(false)
+      expect(yield* getValue(tiered, "k")).toEqual(Option.some("a value far too large for L1"))
+      expect(l1.store.has("k")).toBe(false)
+      expect(str(l2.store.get("k")!)).toBe("a value far too large for L1")
+    }))
+
+  it.scoped("rejects an empty key with InvalidKey instead of calling the tiers", () =>
+    Effect.gen(function*() {
+      const { l2, make } = twoTiers()
+      const tiered = yield* make
+      const error = yield* Effect.flip(tiered.get(""))
+      expect(error._tag).toBe("InvalidKey")
+      expect(l2.calls.get).toBe(0)
+    }))
+})
+
+describe("TieredCache with a dead tier", () => {
+  it.scoped("answers reads from L1 and misses cleanly while L2 fails, then the breaker stops calling L2", () =>
+    Effect.gen(function*() {
+      const { l2, make } = twoTiers({ breaker: { failureThreshold: 2, resetAfter: "10 seconds" } })
+      const tiered = yield* make
+      yield* tiered.set("hot", yield* makeEntry("v", 10 * MINUTE))
+      l2.mode = "fail"
+      expect(yield* getValue(tiered, "hot")).toEqual(Option.some("v"))
+      expect(yield* tiered.get("cold1")).toEqual(Option.none())
+      expect(yield* tiered.get("cold2")).toEqual(Option.none())
+      expect(l2.calls.get).toBe(2)
+      // open: L2 is not called any more
+      expect(yield* tiered.get("cold3")).toEqual(Option.none())
+      expect(l2.calls.get).toBe(2)
+      const [, s2] = yield* tiered.stats
+      expect(s2).toMatchObject({ errors: 2, skipped: 1, breaker: "open", breakerOpened: 1 })
+
+      // after the reset delay one probe goes through; it succeeds and closes the circuit
+      l2.mode = "ok"
+      l2.store.set("cold4", yield* makeEntry("from-l2", 10 * MINUTE))
+      yield* TestClock.adjust(10 * SECOND)
+      expect(yield* getValue(tiered, "cold4")).toEqual(Option.some("from-l2"))
+      expect((yield* tiered.stats)[1]!.breaker).toBe("closed")
+    }))
+
+  it.scoped("a failed probe opens the circuit again", () =>
+    Effect.gen(function*() {
+      const { l2, make } = twoTiers({ breaker: { failureThreshold: 1, resetAfter: "10 seconds" } })
+      const tiered = yield* make
+      l2.mode = "fail"
+      yield* tiered.get("a")
+      yield* TestClock.adjust(10 * SECOND)
+      yield* tiered.get("b") // the probe
+      expect(l2.calls.get).toBe(2)
+      const [, s2] = yield* tiered.stats
+      expect(s2).toMatchObject({ breaker: "open", breakerOpened: 2 })
+      yield* tiered.get("c")
+      expect(l2.calls.get).toBe(2)
+    }))
+
+  it.scoped("times out a hanging L2 and still answers the read (a miss), without failing it", () =>
+    Effect.gen(function*() {
+      const { l2, make } = twoTiers({ timeout: "100 millis", breaker: { failureThreshold: 1, resetAfter: "1 minute" } })
+      const tiered = yield* make
+      l2.mode = "hang"
+      const fiber = yield* Effect.fork(tiered.get("k"))
+      yield* TestClock.adjust("100 millis")
+      expect(yield* Fiber.join(fiber)).toEqual(Option.none())
+      const [, s2] = yield* tiered.stats
+      expect(s2).toMatchObject({ timeouts: 1, errors: 1, breaker: "open" })
+      // skipped now: returns at once without the clock moving
+      expect(yield* tiered.get("k")).toEqual(Option.none())
+    }))
+
+  it.scoped("serves from L2 when L1 is the tier that fails", () =>
+    Effect.gen(function*() {
+      const { l1, make } = twoTiers(undefined, { breaker: false })
+      const tiered = yield* make
+      yield* tiered.set("k", yield* makeEntry("v", MINUTE))
+      l1.mode = "fail"
+      expect(yield* getValue(tiered, "k")).toEqual(Option.some("v"))
+    }))
+
+  it.scoped("a write succeeds if some tier took it, and fails with the tier's error if none did", () =>
+    Effect.gen(function*() {
+      const { l1, l2, make } = twoTiers()
+      const tiered = yield* make
+      l2.mode = "fail"
+      yield* tiered.set("k", yield* makeEntry("v", MINUTE))
+      expect(l1.store.has("k")).toBe(true)
+      l1.mode = "fail"
+      const error = yield* Effect.flip(tiered.set("k", yield* makeEntry("v", MINUTE)))
+      expect(error._tag).toBe("BackendUnavailable")
+    }))
+})
+
+describe("TieredCache invalidation", () => {
+  it.scoped("invalidate(key) removes the key from every tier; a dead tier makes it fail loudly", () =>
+    Effect.gen(function*() {
+      const { l1, l2, make } = twoTiers()
+      const tiered = yield* make
+      yield* tiered.set("k", yield* makeEntry("v", MINUTE))
+      expect(yield* tiered.invalidate("k")).toBe(true)
+      expect(l1.store.has("k") || l2.store.has("k")).toBe(false)
+      yield* tiered.set("k", yield* makeEntry("v", MINUTE))
+      l2.mode = "fail"
+      const error = yield* Effect.flip(tiered.invalidate("k"))
+      expect(error._tag).toBe("BackendUnavailable")
+      expect(l1.store.has("k")).toBe(false)
+    }))
+
+  it.scoped("invalidateTags deletes tagged entries in every tier", () =>
+    Effect.gen(function*() {
+      const { l1, l2, make } = twoTiers()
+      const tiered = yield* make
+      yield* tiered.set("a", yield* makeEntry("1", MINUTE, { tags: ["user:1"] }))
+      yield* tiered.set("b", yield* makeEntry("2", MINUTE, { tags: ["user:2"] }))
+      const report = yield* tiered.invalidateTags(["user:1"])
+      expect(report).toEqual({ affected: 2, skippedTiers: [] })
+      expect([...l1.store.keys(), ...l2.store.keys()]).toEqual(["b", "b"])
+    }))
+
+  it.scoped("soft tag expiry makes entries stale but servable inside their grace window", () =>
+    Effect.gen(function*() {
+      const { make } = twoTiers()
+      const tiered = yield* make
+      yield* tiered.set("a", yield* makeEntry("1", 10 * MINUTE, { graceMillis: 5 * MINUTE, tags: ["t"] }))
+      yield* TestClock.adjust(MINUTE)
+      const report = yield* tiered.invalidateTags(["t"], { mode: "expire" })
+      expect(report.affected).toBe(2)
+      const now = yield* Clock.currentTimeMillis
+      const stale = Option.getOrThrow(yield* tiered.get("a"))
+      expect(CacheEntry.isFresh(stale, now)).toBe(false)
+      expect(CacheEntry.isServable(stale, now)).toBe(true)
+      expect(str(stale)).toBe("1")
+      // the grace window still ends where it did
+      yield* TestClock.adjust(14 * MINUTE)
+      expect(yield* tiered.get("a")).toEqual(Option.none())
+    }))
+
+  it.scoped("invalidatePattern deletes matching keys in every tier and reports tiers that cannot scan", () =>
+    Effect.gen(function*() {
+      const l1 = makeMapBackend("l1", { sync: true })
+      const l2 = { ...makeMapBackend("l2"), scan: undefined }
+      const tiered = yield* TieredCache.make([{ backend: l1 }, { backend: l2, name: "noscan" }])
+      yield* tiered.set("user:1", yield* makeEntry("1", MINUTE))
+      yield* tiered.set("post:1", yield* makeEntry("2", MINUTE))
+      const report = yield* tiered.invalidatePattern("user:*")
+      expect(report).toEqual({ affected: 1, skippedTiers: ["noscan"] })
+      expect([...l1.store.keys()]).toEqual(["post:1"])
+    }))
+})
+
+describe("TieredCache across instances (shared L2, memory bus)", () => {
+  const twoInstances = Effect.gen(function*() {
+    const hub = yield* InvalidationBus.makeMemoryHub()
+    const shared = makeMapBackend("shared")
+    const l1a = makeMapBackend("l1a", { sync: true })
+    const l1b = makeMapBackend("l1b", { sync: true })
+    // two Layers, as two processes would build them; only the hub is shared
+    const instance = (l1: typeof l1a) =>
+      TieredCache.layerWithBus([{ backend: l1 }, { backend: shared }]).pipe(
+        Layer.provide(InvalidationBus.layerMemory()),
+        Layer.provide(Layer.succeed(InvalidationBus.MemoryHub, hub)),
+        Layer.build,
+        Effect.map(Context.get(TieredCache.TieredCache))
+      )
+    const a = yield* instance(l1a)
+    const b = yield* instance(l1b)
+    return { hub, shared, l1a, l1b, a, b }
+  })
+
+  it.scoped("an update on A is never served stale from B's L1", () =>
+    Effect.gen(function*() {
+      const { a, b, l1b } = yield* twoInstances
+      yield* a.set("k", yield* makeEntry("v1", MINUTE))
+      expect(yield* getValue(b, "k")).toEqual(Option.some("v1"))
+      expect(l1b.store.has("k")).toBe(true)
+
+      yield* a.backend.set("k", yield* makeEntry("v2", MINUTE)) // the face the Cache service uses
+      yield* settle(() => !l1b.store.has("k"))
+      expect(yield* getValue(b, "k")).toEqual(Option.some("v2"))
+    }))
+
+  it.scoped("invalidate, tag and clear messages reach the other instance; its own are ignored", () =>
+    Effect.gen(function*() {
+      const { a, b, l1a, l1b } = yield* twoInstances
+      for (const key of ["x", "y", "z"]) {
+        yield* a.set(key, yield* makeEntry(key, MINUTE, { tags: [key === "y" ? "ty" : "other"] }))
+        yield* b.get(key)
+      }
+      yield* a.invalidate("x")
+      yield* settle(() => !l1b.store.has("x"))
+      yield* a.invalidateTags(["ty"])
+      yield* settle(() => !l1b.store.has("y"))
+      expect(l1b.store.has("z")).toBe(true)
+      // B's clear empties A's L1 too (A's own messages never come back to A)
+      yield* a.set("w", yield* makeEntry("w", MINUTE))
+      yield* b.clearLocal
+      yield* b.clear
+      yield* settle(() => l1a.store.size === 0)
+    }))
+
+  it.scoped("clears the local tier after the bus reconnects (messages may have been missed)", () =>
+    Effect.gen(function*() {
+      const { a, hub, l1a } = yield* twoInstances
+      yield* a.set("k", yield* makeEntry("v", MINUTE))
+      expect(l1a.store.has("k")).toBe(true)
+      yield* hub.signal("Disconnected")
+      yield* Effect.yieldNow()
+      expect(l1a.store.has("k")).toBe(true)
+      yield* hub.signal("Reconnected")
+      yield* settle(() => l1a.store.size === 0)
+      // still served, from the shared tier
+      expect(yield* getValue(a, "k")).toEqual(Option.some("v"))
+    }))
+
+  it.scoped("setWithBroadcast and updateEverywhere write through and drop the other L1s", () =>
+    Effect.gen(function*() {
+      const hub = yield* InvalidationBus.makeMemoryHub()
+      const shared = makeMapBackend("shared")
+      const l1a = makeMapBackend("l1a", { sync: true })
+      const l1b = makeMapBackend("l1b", { sync: true })
+      const a = yield* TieredCache.make([{ backend: l1a }, { backend: shared }], {
+        broadcast: "explicit",
+        bus: InvalidationBus.makeMemory(hub)
+      })
+      const b = yield* TieredCache.make([{ backend: l1b }, { backend: shared }], {
+        broadcast: "explicit",
+        bus: InvalidationBus.makeMemory(hub)
+      })
+      yield* a.set("k", yield* makeEntry("v1", MINUTE))
+      yield* b.get("k")
+      yield* a.set("k", yield* makeEntry("v2", MINUTE)) // explicit mode: no broadcast
+      for (let i = 0; i < 20; i++) yield* Effect.yieldNow()
+      expect(yield* getValue(b, "k")).toEqual(Option.some("v1"))
+
+      yield* a.setWithBroadcast("k", yield* makeEntry("v3", MINUTE))
+      yield* settle(() => !l1b.store.has("k"))
+      expect(yield* getValue(b, "k")).toEqual(Option.some("v3"))
+
+      yield* a.updateEverywhere("k", (current) =>
+        Effect.map(
+          makeEntry(Option.match(current, { onNone: () => "", onSome: str }) + "+1", MINUTE),
+          Option.some
+        ))
+      yield* settle(() => !l1b.store.has("k"))
+      expect(yield* getValue(b, "k")).toEqual(Option.some("v3+1"))
+    }))
+})
