@@ -1,0 +1,7 @@
+/**
+ * @cachekit/http: RFC 9111 HTTP caching (policy, HttpClient and HttpServer middleware) and the
+ * caching reverse proxy.
+ *
+ * @since 0.1.0
+ */
+export * as HttpCachePolicy from "./HttpCachePolicy.js"
