@@ -1,0 +1,618 @@
+/**
+ * Machinery of `Cache`: option resolution, the read paths (a synchronous hot path for in-process
+ * backends, an Effect path for the others), single-flight computes and stats.
+ *
+ * @internal
+ */
+import type { Scope } from "effect"
+import { Cause, Deferred, Duration, Effect, Exit, FiberId, MetricLabel, Option } from "effect"
+import type * as CacheApi from "../Cache.js"
+import { ComputeTimeout, metrics, TagsUnsupported } from "../Cache.js"
+import type { CacheBackend } from "../CacheBackend.js"
+import { DEFAULT_MAX_KEY_LENGTH } from "../CacheBackend.js"
+import type { CacheEntry } from "../CacheEntry.js"
+import type { CacheError } from "../CacheError.js"
+import { EntryTooLarge, InvalidKey, InvalidTtl } from "../CacheError.js"
+import type { Codec } from "../Codec.js"
+import * as Codecs from "../Codec.js"
+
+// ---------------------------------------------------------------------------------------------
+// Options: resolved into plain millisecond numbers once per layer; per-call options only touch
+// the fields they set.
+// ---------------------------------------------------------------------------------------------
+
+/** @internal */
+export interface Resolved {
+  readonly ttl: number
+  readonly negativeTtl: number
+  readonly grace: number
+  readonly refreshAhead: number
+  readonly softTimeout: number
+  readonly hardTimeout: number
+  readonly failSafe: boolean
+  readonly maxStale: number
+  readonly tags: ReadonlyArray<string>
+}
+
+const DEFAULTS: Resolved = {
+  ttl: 5 * 60_000,
+  negativeTtl: 0,
+  grace: 0,
+  refreshAhead: 0,
+  softTimeout: Number.POSITIVE_INFINITY,
+  hardTimeout: Number.POSITIVE_INFINITY,
+  failSafe: false,
+  maxStale: 60 * 60_000,
+  tags: []
+}
+
+/** Negative numbers, NaN and unparsable strings are `InvalidTtl`; `Infinity` means "never". */
+export const toMillis = (field: string, input: Duration.DurationInput): number | InvalidTtl => {
+  const invalid = (reason: string) =>
+    new InvalidTtl({ field, value: input, reason, message: `${field} ${String(input)} is not usable: ${reason}` })
+  if (typeof input === "number") {
+    if (Number.isNaN(input)) return invalid("NaN")
+    if (input < 0) return invalid("negative")
+    return input
+  }
+  if (typeof input === "bigint" && input < BigInt(0)) return invalid("negative")
+  if (typeof input === "string" && input.trim().startsWith("-")) return invalid("negative")
+  if (Array.isArray(input) && input.some((part) => Number(part) < 0 || Number.isNaN(Number(part)))) {
+    return invalid("negative or NaN")
+  }
+  const decoded = Duration.decodeUnknown(input)
+  if (Option.isNone(decoded)) return invalid("not a duration")
+  return Duration.toMillis(decoded.value)
+}
+
+type DurationField = "ttl" | "negativeTtl" | "grace" | "refreshAhead" | "softTimeout" | "hardTimeout" | "maxStale"
+const durationFields: ReadonlyArray<DurationField> = [
+  "ttl",
+  "negativeTtl",
+  "grace",
+  "refreshAhead",
+  "softTimeout",
+  "hardTimeout",
+  "maxStale"
+]
+
+/** Merges the fields `options` sets over `base`; `base` itself when nothing is set. */
+export const resolve = (base: Resolved, options: CacheApi.CacheOptions | undefined): Resolved | InvalidTtl => {
+  if (options === undefined) return base
+  let out: { -readonly [K in keyof Resolved]: Resolved[K] } | undefined
+  for (let i = 0; i < durationFields.length; i++) {
+    const field = durationFields[i]!
+    const input = options[field]
+    if (input === undefined) continue
+    const millis = toMillis(field, input)
+    if (typeof millis !== "number") return millis
+    out ??= { ...base }
+    out[field] = millis
+  }
+  if (options.failSafe !== undefined && options.failSafe !== base.failSafe) {
+    out ??= { ...base }
+    out.failSafe = options.failSafe
+  }
+  if (options.tags !== undefined) {
+    out ??= { ...base }
+    out.tags = options.tags
+  }
+  return out ?? base
+}
+
+/** Drops `None` fields of a parsed config. */
+export const definedFields = <T extends Record<string, Option.Option<unknown>>>(
+  config: T
+): { readonly [K in keyof T]?: T[K] extends Option.Option<infer A> ? A : never } => {
+  const out: Record<string, unknown> = {}
+  for (const key of Object.keys(config)) {
+    const value = config[key]!
+    if (Option.isSome(value)) out[key] = value.value
+  }
+  return out as { readonly [K in keyof T]?: T[K] extends Option.Option<infer A> ? A : never }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stats
+// ---------------------------------------------------------------------------------------------
+
+type Counter =
+  | "hits"
+  | "misses"
+  | "staleServed"
+  | "computes"
+  | "computeErrors"
+  | "backgroundRefreshes"
+  | "backendErrors"
+
+class Stats {
+  hits = 0
+  misses = 0
+  staleServed = 0
+  computes = 0
+  computeErrors = 0
+  backgroundRefreshes = 0
+  backendErrors = 0
+  // One label array per cache: effect's metrics cache the registry hook per label array identity.
+  readonly labels: ReadonlyArray<MetricLabel.MetricLabel>
+  constructor(readonly name: string, labels: ReadonlyArray<MetricLabel.MetricLabel>) {
+    this.labels = labels
+  }
+  bump(counter: Counter): void {
+    this[counter]++
+    metrics[counter].unsafeUpdate(1, this.labels)
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cache
+// ---------------------------------------------------------------------------------------------
+
+/** Meta key marking an entry that stores a compute failure (negative caching). */
+export const FAILURE_META = "cachekit.failure"
+const failureMeta = { [FAILURE_META]: "1" }
+const isFailureEntry = (entry: CacheEntry): boolean => entry.meta !== undefined && entry.meta[FAILURE_META] === "1"
+
+/** A decoded value remembered per entry object, with the effects a hit returns (no allocation on a hit). */
+interface Memo<A> {
+  readonly value: A
+  readonly some: Effect.Effect<Option.Option<A>>
+  readonly succeed: Effect.Effect<A>
+}
+
+const noneEffect: Effect.Effect<Option.Option<never>> = Effect.succeed(Option.none())
+
+type Waiter = Deferred.Deferred<unknown, unknown>
+
+/** @internal */
+export const make = (
+  backend: CacheBackend,
+  options: CacheApi.CacheLayerOptions,
+  scope: Scope.Scope
+): Effect.Effect<CacheApi.Cache, InvalidTtl> =>
+  Effect.suspend(() => {
+    const defaults = resolve(DEFAULTS, options)
+    if (!isResolved(defaults)) return Effect.fail(defaults)
+    const name = options.name ?? "default"
+    const maxKeyLength = options.maxKeyLength ?? DEFAULT_MAX_KEY_LENGTH
+    const maxEntrySize = options.maxEntrySize ?? backend.maxEntrySize ?? Number.POSITIVE_INFINITY
+    const stats = new Stats(name, [labelFor(name)])
+    // Single-flight: one Deferred per key being computed, shared by every typed view of this cache.
+    const inflight = new Map<string, Waiter>()
+    const syncGet = backend.unsafeGetSync
+    const core: Core = { backend, defaults, maxKeyLength, maxEntrySize, stats, inflight, syncGet, scope }
+    const bytesView = makeTyped(core, Codecs.bytes)
+    const cache: CacheApi.Cache = {
+      ...bytesView,
+      name,
+      typed: (schema) => makeTyped(core, Codecs.schema(schema)),
+      withCodec: (codec) => makeTyped(core, codec),
+      invalidateTags: (tags) =>
+        backend.tags === undefined
+          ? Effect.fail(
+            new TagsUnsupported({
+              backend: backend.name,
+              message: `backend ${backend.name} has no tag index, so tags cannot be invalidated`
+            })
+          )
+          : backend.tags.deleteByTags(tags),
+      clear: backend.clear,
+      stats: Effect.map(backend.stats ?? Effect.succeed(undefined), (backendStats) => {
+        if (backendStats !== undefined) metrics.evictions.unsafeUpdate(backendStats.evictions, stats.labels)
+        return {
+          name,
+          hits: stats.hits,
+          misses: stats.misses,
+          staleServed: stats.staleServed,
+          computes: stats.computes,
+          computeErrors: stats.computeErrors,
+          backgroundRefreshes: stats.backgroundRefreshes,
+          backendErrors: stats.backendErrors,
+          evictions: backendStats?.evictions
+        }
+      })
+    }
+    return Effect.succeed(cache)
+  })
+
+const isResolved = (r: Resolved | InvalidTtl): r is Resolved => !(r instanceof InvalidTtl)
+
+const labelFor = (name: string) => MetricLabel.make("cache", name)
+
+interface Core {
+  readonly backend: CacheBackend
+  readonly defaults: Resolved
+  readonly maxKeyLength: number
+  readonly maxEntrySize: number
+  readonly stats: Stats
+  readonly inflight: Map<string, Waiter>
+  readonly syncGet: ((key: string, now: number) => CacheEntry | undefined) | undefined
+  readonly scope: Scope.Scope
+}
+
+const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
+  const { backend, defaults, inflight, maxEntrySize, maxKeyLength, scope, stats, syncGet } = core
+  const memo = new WeakMap<CacheEntry, Memo<A>>()
+
+  const remember = (entry: CacheEntry, value: A): Memo<A> => {
+    const m: Memo<A> = { value, some: Effect.succeed(Option.some(value)), succeed: Effect.succeed(value) }
+    memo.set(entry, m)
+    return m
+  }
+
+  const badKey = (key: string): InvalidKey | undefined => {
+    if (typeof key !== "string" || key.length === 0) {
+      return new InvalidKey({ key: String(key), reason: "empty", message: "cache keys must not be empty" })
+    }
+    if (key.length > maxKeyLength) {
+      return new InvalidKey({
+        key: key.slice(0, 64),
+        reason: "too long",
+        message: `cache key of ${key.length} characters is longer than the limit of ${maxKeyLength}`
+      })
+    }
+    return undefined
+  }
+
+  const deleteQuietly = (key: string) =>
+    Effect.catchAll(backend.delete(key), () => Effect.sync(() => stats.bump("backendErrors")))
+
+  /** Decodes an entry's value once per entry object; an undecodable entry is deleted and is `undefined`. */
+  const decodeEntry = (key: string, entry: CacheEntry): Effect.Effect<Memo<A> | undefined> =>
+    Effect.matchEffect(codec.decode(key, entry.value), {
+      onFailure: () => Effect.as(deleteQuietly(key), undefined),
+      onSuccess: (value) => Effect.succeed(remember(entry, value))
+    })
+
+  const makeEntry = (
+    value: Uint8Array,
+    now: number,
+    ttl: number,
+    keepStale: number,
+    tags: ReadonlyArray<string>,
+    meta?: Readonly<Record<string, string>>
+  ): CacheEntry => {
+    const expiresAt = now + ttl
+    return {
+      value,
+      createdAt: now,
+      expiresAt,
+      staleUntil: expiresAt + keepStale,
+      tags,
+      size: value.byteLength,
+      meta
+    }
+  }
+
+  const keepStaleFor = (r: Resolved) => Math.max(r.grace, r.failSafe || Number.isFinite(r.softTimeout) ? r.maxStale : 0)
+
+  const checkSize = (key: string, bytes: Uint8Array): EntryTooLarge | undefined =>
+    bytes.byteLength > maxEntrySize
+      ? new EntryTooLarge({
+        key,
+        size: bytes.byteLength,
+        maxSize: maxEntrySize,
+        message: `value for "${key}" has ${bytes.byteLength} bytes, more than the limit of ${maxEntrySize}`
+      })
+      : undefined
+
+  // ---- get ----------------------------------------------------------------------------------
+
+  const onEntryForGet = (
+    key: string,
+    entry: CacheEntry | undefined,
+    now: number,
+    allowStale: boolean
+  ): Effect.Effect<Option.Option<A>> => {
+    if (entry === undefined || now >= entry.staleUntil || isFailureEntry(entry)) {
+      stats.bump("misses")
+      return noneEffect
+    }
+    const stale = now >= entry.expiresAt
+    if (stale && !allowStale) {
+      stats.bump("misses")
+      return noneEffect
+    }
+    const served: Counter = stale ? "staleServed" : "hits"
+    const m = memo.get(entry)
+    if (m !== undefined) {
+      stats.bump(served)
+      return m.some
+    }
+    return Effect.map(decodeEntry(key, entry), (decoded) => {
+      stats.bump(decoded === undefined ? "misses" : served)
+      return decoded === undefined ? Option.none() : Option.some(decoded.value)
+    })
+  }
+
+  const get = (key: string, options?: CacheApi.GetOptions): Effect.Effect<Option.Option<A>, CacheError> => {
+    const invalid = badKey(key)
+    if (invalid !== undefined) return Effect.fail(invalid)
+    const allowStale = options?.allowStale === true
+    if (syncGet !== undefined) {
+      return Effect.clockWith((clock) => {
+        const now = clock.unsafeCurrentTimeMillis()
+        return onEntryForGet(key, syncGet(key, now), now, allowStale)
+      })
+    }
+    return Effect.clockWith((clock) =>
+      Effect.flatMap(
+        backend.get(key),
+        (found) => onEntryForGet(key, Option.getOrUndefined(found), clock.unsafeCurrentTimeMillis(), allowStale)
+      )
+    )
+  }
+
+  // ---- set / delete -------------------------------------------------------------------------
+
+  const set = (key: string, value: A, options?: CacheApi.CacheOptions): Effect.Effect<void, CacheError> => {
+    const invalid = badKey(key)
+    if (invalid !== undefined) return Effect.fail(invalid)
+    const r = resolve(defaults, options)
+    if (!isResolved(r)) return Effect.fail(r)
+    return Effect.flatMap(codec.encode(key, value), (bytes) => {
+      const tooLarge = checkSize(key, bytes)
+      if (tooLarge !== undefined) return Effect.fail(tooLarge)
+      return Effect.clockWith((clock) => {
+        const entry = makeEntry(bytes, clock.unsafeCurrentTimeMillis(), r.ttl, keepStaleFor(r), r.tags)
+        return Effect.map(backend.set(key, entry), () => {
+          remember(entry, value)
+        })
+      })
+    })
+  }
+
+  const del = (key: string): Effect.Effect<boolean, CacheError> => {
+    const invalid = badKey(key)
+    return invalid !== undefined ? Effect.fail(invalid) : backend.delete(key)
+  }
+
+  // ---- getOrCompute -------------------------------------------------------------------------
+
+  /**
+   * The compute of one key, run in the cache's scope (not the caller's): its result completes the
+   * Deferred every waiter awaits; it then stores the value (a failing store is absorbed) and leaves
+   * the in-flight map whatever happens, so no key is ever stuck.
+   */
+  const startCompute = <E, R>(
+    key: string,
+    compute: Effect.Effect<A, E, R>,
+    r: Resolved,
+    options: CacheApi.ComputeOptions<A, E> | undefined,
+    hasFallback: boolean
+  ): Effect.Effect<Deferred.Deferred<A, E | ComputeTimeout | CacheApi.InputError>, never, R> =>
+    Effect.suspend(() => {
+      const existing = inflight.get(key)
+      if (existing !== undefined) {
+        return Effect.succeed(existing as Deferred.Deferred<A, E | ComputeTimeout | CacheApi.InputError>)
+      }
+      const deferred = Deferred.unsafeMake<A, E | ComputeTimeout | CacheApi.InputError>(FiberId.none)
+      inflight.set(key, deferred as Waiter)
+      stats.bump("computes")
+      const timed: Effect.Effect<A, E | ComputeTimeout, R> = Number.isFinite(r.hardTimeout)
+        ? Effect.timeoutFail(compute, {
+          duration: r.hardTimeout,
+          onTimeout: () =>
+            new ComputeTimeout({
+              key,
+              timeoutMillis: r.hardTimeout,
+              message: `compute of "${key}" took longer than its hard timeout of ${r.hardTimeout} ms`
+            })
+        })
+        : compute
+      const worker = Effect.exit(timed).pipe(
+        Effect.flatMap((exit) =>
+          Exit.isSuccess(exit)
+            ? storeValue(key, exit.value, r, options, deferred)
+            : storeFailure(key, exit.cause, r, options, hasFallback, deferred)
+        ),
+        Effect.ensuring(Effect.suspend(() => {
+          if (inflight.get(key) === deferred) inflight.delete(key)
+          return Deferred.interrupt(deferred)
+        }))
+      )
+      return Effect.as(Effect.forkIn(worker, scope), deferred)
+    })
+
+  const storeValue = <E>(
+    key: string,
+    value: A,
+    r: Resolved,
+    options: CacheApi.ComputeOptions<A, E> | undefined,
+    deferred: Deferred.Deferred<A, E | ComputeTimeout | CacheApi.InputError>
+  ): Effect.Effect<void> =>
+    Effect.matchEffect(codec.encode(key, value), {
+      onFailure: (error) => Effect.asVoid(Deferred.fail(deferred, error)),
+      onSuccess: (bytes): Effect.Effect<void> => {
+        const tooLarge = checkSize(key, bytes)
+        if (tooLarge !== undefined) return Effect.asVoid(Deferred.fail(deferred, tooLarge))
+        const empty = options?.isEmpty !== undefined && r.negativeTtl > 0 && options.isEmpty(value)
+        return Effect.zipRight(
+          Deferred.succeed(deferred, value),
+          Effect.clockWith((clock) => {
+            const entry = empty
+              ? makeEntry(bytes, clock.unsafeCurrentTimeMillis(), r.negativeTtl, 0, r.tags)
+              : makeEntry(bytes, clock.unsafeCurrentTimeMillis(), r.ttl, keepStaleFor(r), r.tags)
+            return Effect.matchEffect(backend.set(key, entry), {
+              onFailure: () => Effect.sync(() => stats.bump("backendErrors")),
+              onSuccess: () => Effect.sync(() => void remember(entry, value))
+            })
+          })
+        )
+      }
+    })
+
+  const storeFailure = <E>(
+    key: string,
+    cause: Cause.Cause<E | ComputeTimeout>,
+    r: Resolved,
+    options: CacheApi.ComputeOptions<A, E> | undefined,
+    hasFallback: boolean,
+    deferred: Deferred.Deferred<A, E | ComputeTimeout | CacheApi.InputError>
+  ): Effect.Effect<void> => {
+    stats.bump("computeErrors")
+    const release = Deferred.failCause(deferred, cause)
+    const failure = Cause.failureOption(cause)
+    const errorCodec = options?.errorCodec
+    // Negative caching of failures: only the compute's own typed failure, only when asked for, and
+    // never over a stale value that fail-safe could still serve.
+    if (
+      r.negativeTtl <= 0 || errorCodec === undefined || Option.isNone(failure) ||
+      failure.value instanceof ComputeTimeout || (hasFallback && r.failSafe)
+    ) {
+      return Effect.asVoid(release)
+    }
+    const error = failure.value as E
+    return Effect.zipRight(
+      release,
+      Effect.matchEffect(errorCodec.encode(key, error), {
+        onFailure: () => Effect.void,
+        onSuccess: (bytes) =>
+          Effect.clockWith((clock) =>
+            Effect.catchAll(
+              backend.set(
+                key,
+                makeEntry(bytes, clock.unsafeCurrentTimeMillis(), r.negativeTtl, 0, r.tags, failureMeta)
+              ),
+              () => Effect.sync(() => stats.bump("backendErrors"))
+            )
+          )
+      })
+    )
+  }
+
+  /** Waits for the key's compute (joining one in flight); with a stale fallback, honours soft timeout and fail-safe. */
+  const awaitCompute = <E, R>(
+    key: string,
+    compute: Effect.Effect<A, E, R>,
+    r: Resolved,
+    options: CacheApi.ComputeOptions<A, E> | undefined,
+    fallback: Memo<A> | undefined
+  ): Effect.Effect<A, E | ComputeTimeout | CacheApi.InputError, R> =>
+    Effect.flatMap(startCompute(key, compute, r, options, fallback !== undefined), (deferred) => {
+      const wait = Deferred.await(deferred)
+      if (fallback === undefined) return wait
+      const serveStale = Effect.suspend(() => {
+        stats.bump("staleServed")
+        return fallback.succeed
+      })
+      const soft = Number.isFinite(r.softTimeout)
+        ? Effect.flatMap(
+          Effect.timeoutOption(wait, r.softTimeout),
+          (result) => Option.isSome(result) ? Effect.succeed(result.value) : serveStale
+        )
+        : wait
+      return r.failSafe ? Effect.catchAll(soft, () => serveStale) : soft
+    })
+
+  const refreshInBackground = <E, R>(
+    key: string,
+    compute: Effect.Effect<A, E, R>,
+    r: Resolved,
+    options: CacheApi.ComputeOptions<A, E> | undefined
+  ): Effect.Effect<void, never, R> => {
+    if (inflight.has(key)) return Effect.void
+    stats.bump("backgroundRefreshes")
+    return Effect.asVoid(startCompute(key, compute, r, options, true))
+  }
+
+  const onEntryForCompute = <E, R>(
+    key: string,
+    entry: CacheEntry | undefined,
+    now: number,
+    compute: Effect.Effect<A, E, R>,
+    r: Resolved,
+    options: CacheApi.ComputeOptions<A, E> | undefined
+  ): Effect.Effect<A, E | ComputeTimeout | CacheApi.InputError, R> => {
+    if (entry === undefined || now >= entry.staleUntil) {
+      stats.bump("misses")
+      return awaitCompute(key, compute, r, options, undefined)
+    }
+    if (isFailureEntry(entry)) {
+      const errorCodec = options?.errorCodec
+      if (errorCodec === undefined || now >= entry.expiresAt) {
+        stats.bump("misses")
+        return awaitCompute(key, compute, r, options, undefined)
+      }
+      return Effect.matchEffect(errorCodec.decode(key, entry.value), {
+        onFailure: () =>
+          Effect.zipRight(
+            deleteQuietly(key),
+            Effect.suspend(() => {
+              stats.bump("misses")
+              return awaitCompute(key, compute, r, options, undefined)
+            })
+          ),
+        onSuccess: (error) => {
+          stats.bump("hits")
+          return Effect.fail(error)
+        }
+      })
+    }
+    const m = memo.get(entry)
+    if (m !== undefined) return onDecoded(key, entry, m, now, compute, r, options)
+    return Effect.flatMap(decodeEntry(key, entry), (decoded) => {
+      if (decoded !== undefined) return onDecoded(key, entry, decoded, now, compute, r, options)
+      stats.bump("misses")
+      return awaitCompute(key, compute, r, options, undefined)
+    })
+  }
+
+  const onDecoded = <E, R>(
+    key: string,
+    entry: CacheEntry,
+    m: Memo<A>,
+    now: number,
+    compute: Effect.Effect<A, E, R>,
+    r: Resolved,
+    options: CacheApi.ComputeOptions<A, E> | undefined
+  ): Effect.Effect<A, E | ComputeTimeout | CacheApi.InputError, R> => {
+    if (now < entry.expiresAt) {
+      stats.bump("hits")
+      if (r.refreshAhead > 0 && now >= entry.expiresAt - r.refreshAhead && !inflight.has(key)) {
+        return Effect.zipRight(refreshInBackground(key, compute, r, options), m.succeed)
+      }
+      return m.succeed
+    }
+    if (now < entry.expiresAt + r.grace) {
+      // Stale-while-revalidate: this reader never waits for the refresh.
+      stats.bump("staleServed")
+      return Effect.zipRight(refreshInBackground(key, compute, r, options), m.succeed)
+    }
+    // Past the grace window but still kept for fail-safe / soft timeout: a fresh value is needed.
+    stats.bump("misses")
+    return awaitCompute(key, compute, r, options, m)
+  }
+
+  const getOrCompute = <E, R>(
+    key: string,
+    compute: Effect.Effect<A, E, R>,
+    options?: CacheApi.ComputeOptions<A, E>
+  ): Effect.Effect<A, E | ComputeTimeout | CacheApi.InputError, R> => {
+    const invalid = badKey(key)
+    if (invalid !== undefined) return Effect.fail(invalid)
+    const r = resolve(defaults, options)
+    if (!isResolved(r)) return Effect.fail(r)
+    if (syncGet !== undefined) {
+      return Effect.clockWith((clock) => {
+        const now = clock.unsafeCurrentTimeMillis()
+        return onEntryForCompute(key, syncGet(key, now), now, compute, r, options)
+      })
+    }
+    return Effect.clockWith((clock) =>
+      Effect.matchEffect(backend.get(key), {
+        // A backend that is down falls back to the compute (single-flight still applies).
+        onFailure: () =>
+          Effect.suspend(() => {
+            stats.bump("backendErrors")
+            stats.bump("misses")
+            return awaitCompute(key, compute, r, options, undefined)
+          }),
+        onSuccess: (found) =>
+          onEntryForCompute(key, Option.getOrUndefined(found), clock.unsafeCurrentTimeMillis(), compute, r, options)
+      })
+    )
+  }
+
+  return { get, set, delete: del, getOrCompute }
+}
