@@ -1,0 +1,102 @@
+/**
+ * An RFC 9111 cache in front of any `HttpClient` from `@effect/platform` (undici, node:http, fetch).
+ *
+ * Responses to GET and HEAD are stored in the `CacheBackend` from context, with their policy
+ * (`HttpCachePolicy.StoredPolicy`) as JSON in the entry's `meta`. Bodies stream: a miss streams to
+ * the caller while it is written to the backend, a hit streams from the backend. Concurrent
+ * identical misses share one upstream request. Stale entries are revalidated with conditional
+ * requests, served while revalidating in the background (`stale-while-revalidate`), or served when
+ * the upstream fails (`stale-if-error`). Unsafe methods pass through and invalidate (§4.4).
+ *
+ * @example
+ * ```ts
+ * const program = Effect.gen(function*() {
+ *   const client = yield* HttpClient.HttpClient
+ *   const res = yield* client.get("http://127.0.0.1:8080/products?page=2")
+ *   return res.headers["cache-status"] // "cachekit; fwd=uri-miss; stored"
+ * }).pipe(
+ *   Effect.provide(HttpClientCache.layer({ shared: false, maxTtl: "1 hour" })),
+ *   Effect.provide(MemoryBackend.layer({ maxBytes: 64 * 1024 * 1024 })),
+ *   Effect.provide(NodeHttpClient.layerUndici)
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
+import type { CacheBackend } from "@cachekit/core"
+import { HttpClient } from "@effect/platform"
+import type { HttpClientRequest } from "@effect/platform"
+import type { Duration, Scope } from "effect"
+import { Effect, Layer } from "effect"
+import type { CacheMode, RequestSnapshot, ResponseSnapshot } from "./HttpCachePolicy.js"
+import * as internal from "./internal/client.js"
+
+/** How the cache treats requests and responses. Everything is optional. */
+export interface Options {
+  /** Shared cache (a proxy: honours s-maxage, never stores `private`) or private (default `false`). */
+  readonly shared?: boolean | undefined
+  /** Cache name in `Cache-Status` (default `"cachekit"`). */
+  readonly name?: string | undefined
+  /**
+   * Primary cache key of a request (default: `"<METHOD> <absolute URL>"`, the query string kept).
+   * Vary is handled on top of it (secondary keys), so do not add request headers here.
+   */
+  readonly key?: ((request: RequestSnapshot) => string) | undefined
+  /** Cache mode per request (default `"default"`: the RFC 9111 rules). */
+  readonly mode?: ((request: HttpClientRequest.HttpClientRequest) => CacheMode) | undefined
+  /** Keys to delete before the request is handled (e.g. a POST to /items busts `GET .../items`). */
+  readonly bust?:
+    | ((request: HttpClientRequest.HttpClientRequest, key: string) => ReadonlyArray<string>)
+    | undefined
+  /**
+   * Overrides the mode for one response: `"no-store"` keeps it out of the cache, `"ignore-rules"`
+   * stores it whatever its Cache-Control says. `undefined` keeps the request's mode.
+   */
+  readonly responseMode?:
+    | ((request: RequestSnapshot, response: ResponseSnapshot) => CacheMode | undefined)
+    | undefined
+  /** Cap on any freshness lifetime (and the lifetime of `ignore-rules` entries). */
+  readonly maxTtl?: Duration.DurationInput | undefined
+  /** Add an RFC 9211 `Cache-Status` header to every response (default `true`). */
+  readonly cacheStatus?: boolean | undefined
+  /** Add `x-cache: HIT | MISS | STALE | REVALIDATED | BYPASS` (default `false`). */
+  readonly xCache?: boolean | undefined
+  /** Largest body stored in a backend without streaming writes (default 16 MiB); larger ones pass through. */
+  readonly maxBodySize?: number | undefined
+  /** RFC 9111 §4.2.2 heuristic freshness as a fraction of (Date - Last-Modified) (default 0.1). */
+  readonly heuristicFraction?: number | undefined
+  /** RFC 9213 targeted fields honoured over Cache-Control, shared caches only (e.g. `["cdn-cache-control"]`). */
+  readonly targetedCacheControl?: ReadonlyArray<string> | undefined
+  /** Longest a coalesced request waits for the leading request's entry before going upstream itself (default 30 s). */
+  readonly coalesceTimeout?: Duration.DurationInput | undefined
+  /** How long a stale entry with a validator is kept for conditional revalidation (default 1 hour). */
+  readonly staleRetention?: Duration.DurationInput | undefined
+}
+
+/**
+ * Wraps `client` with the cache. The backend comes from `CacheBackendTag`; background
+ * revalidations (stale-while-revalidate) run in the `Scope` and stop when it closes.
+ *
+ * @example
+ * ```ts
+ * const cached = yield* HttpClientCache.withCache({ shared: true })(yield* HttpClient.HttpClient)
+ * ```
+ */
+export const withCache = (options: Options = {}) =>
+(
+  client: HttpClient.HttpClient
+): Effect.Effect<HttpClient.HttpClient, never, CacheBackend.CacheBackendTag | Scope.Scope> =>
+  internal.make(internal.resolveOptions(options), client)
+
+/**
+ * Replaces the `HttpClient` in context with a caching one over it.
+ *
+ * @example
+ * ```ts
+ * program.pipe(Effect.provide(HttpClientCache.layer({ xCache: true })), Effect.provide(NodeHttpClient.layerUndici))
+ * ```
+ */
+export const layer = (
+  options: Options = {}
+): Layer.Layer<HttpClient.HttpClient, never, HttpClient.HttpClient | CacheBackend.CacheBackendTag> =>
+  Layer.scoped(HttpClient.HttpClient, Effect.flatMap(HttpClient.HttpClient, withCache(options)))

@@ -1,0 +1,116 @@
+/**
+ * An `HttpClientResponse` whose body is any `Stream<Uint8Array>`: a stored body read from the
+ * backend, an upstream body tee'd into the backend, or nothing (a synthetic 504).
+ *
+ * Every body accessor (`text`, `json`, `arrayBuffer`...) reads through `stream`, so the tee that
+ * stores a miss sees the body however the caller consumes it.
+ *
+ * @internal
+ */
+import { Cookies, HttpClientError, HttpClientResponse, HttpIncomingMessage, UrlParams } from "@effect/platform"
+import type { Headers, HttpClientRequest } from "@effect/platform"
+import { Chunk, Effect, Inspectable, Option, Stream } from "effect"
+import { concat } from "./bodyStore.js"
+
+const decoder = new TextDecoder()
+
+export class StreamResponse extends Inspectable.Class implements HttpClientResponse.HttpClientResponse {
+  readonly [HttpIncomingMessage.TypeId]: HttpIncomingMessage.TypeId = HttpIncomingMessage.TypeId
+  readonly [HttpClientResponse.TypeId]: HttpClientResponse.TypeId = HttpClientResponse.TypeId
+  readonly stream: Stream.Stream<Uint8Array, HttpClientError.ResponseError>
+
+  constructor(
+    readonly request: HttpClientRequest.HttpClientRequest,
+    readonly status: number,
+    readonly headers: Headers.Headers,
+    body: Stream.Stream<Uint8Array, unknown>
+  ) {
+    super()
+    this.stream = Stream.mapError(
+      body,
+      (cause) =>
+        cause instanceof HttpClientError.ResponseError ? cause : new HttpClientError.ResponseError({
+          request,
+          response: this,
+          reason: "Decode",
+          cause,
+          description: "reading the cached body failed"
+        })
+    )
+  }
+
+  get remoteAddress(): Option.Option<string> {
+    return Option.none()
+  }
+
+  private cachedCookies: Cookies.Cookies | undefined
+  get cookies(): Cookies.Cookies {
+    if (this.cachedCookies === undefined) {
+      const setCookie = this.headers["set-cookie"]
+      this.cachedCookies = setCookie === undefined ? Cookies.empty : Cookies.fromSetCookie(setCookie)
+    }
+    return this.cachedCookies
+  }
+
+  private bytesBody: Effect.Effect<Uint8Array, HttpClientError.ResponseError> | undefined
+  /** The whole body, read once (the stream of a miss may only be consumed once). */
+  get bytes(): Effect.Effect<Uint8Array, HttpClientError.ResponseError> {
+    return this.bytesBody ??= Stream.runCollect(this.stream).pipe(
+      Effect.map((chunks) => {
+        const arrays = Chunk.toReadonlyArray(chunks)
+        let size = 0
+        for (const a of arrays) size += a.byteLength
+        return concat(arrays, size)
+      }),
+      Effect.cached,
+      Effect.runSync
+    )
+  }
+
+  get arrayBuffer(): Effect.Effect<ArrayBuffer, HttpClientError.ResponseError> {
+    return Effect.map(
+      this.bytes,
+      (bytes) => bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer
+    )
+  }
+
+  get text(): Effect.Effect<string, HttpClientError.ResponseError> {
+    return Effect.map(this.bytes, (bytes) => decoder.decode(bytes))
+  }
+
+  get json(): Effect.Effect<unknown, HttpClientError.ResponseError> {
+    return Effect.flatMap(this.text, (text) =>
+      Effect.try({
+        try: () => text === "" ? null : JSON.parse(text) as unknown,
+        catch: (cause) => this.decodeError(cause)
+      }))
+  }
+
+  get urlParamsBody(): Effect.Effect<UrlParams.UrlParams, HttpClientError.ResponseError> {
+    return Effect.flatMap(this.text, (text) =>
+      Effect.try({
+        try: () => UrlParams.fromInput(new URLSearchParams(text)),
+        catch: (cause) => this.decodeError(cause)
+      }))
+  }
+
+  get formData(): Effect.Effect<FormData, HttpClientError.ResponseError> {
+    return Effect.flatMap(this.bytes, (bytes) =>
+      Effect.tryPromise({
+        try: () => new Response(bytes, { headers: { "content-type": this.headers["content-type"] ?? "" } }).formData(),
+        catch: (cause) => this.decodeError(cause)
+      }))
+  }
+
+  private decodeError(cause: unknown): HttpClientError.ResponseError {
+    return new HttpClientError.ResponseError({ request: this.request, response: this, reason: "Decode", cause })
+  }
+
+  toJSON(): unknown {
+    return HttpIncomingMessage.inspect(this, {
+      _id: "@effect/platform/HttpClientResponse",
+      request: this.request.toJSON(),
+      status: this.status
+    })
+  }
+}
