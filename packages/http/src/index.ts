@@ -5,3 +5,4 @@
  * @since 0.1.0
  */
 export * as HttpCachePolicy from "./HttpCachePolicy.js"
+export * as HttpClientCache from "./HttpClientCache.js"
