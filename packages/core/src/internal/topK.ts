@@ -118,6 +118,14 @@ export class TopK {
     }
   }
 
+  /** Updates the expiry kept for a tracked key (after a refresh replaced its entry). */
+  touch(key: string, expiresAt: number, staleUntil: number): void {
+    const slot = this.slots.get(key)
+    if (slot === undefined) return
+    slot.expiresAt = expiresAt
+    slot.staleUntil = staleUntil
+  }
+
   /** Forgets a key (it was invalidated). Its sketch counts stay until the next window. */
   forget(key: string): void {
     this.slots.delete(key)
