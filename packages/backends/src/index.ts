@@ -3,5 +3,7 @@
  *
  * @since 0.1.0
  */
+export * as DiskBackend from "./DiskBackend.js"
 export * as MemcachedBackend from "./MemcachedBackend.js"
 export * as RedisBackend from "./RedisBackend.js"
+export * as RedisInvalidationBus from "./RedisInvalidationBus.js"

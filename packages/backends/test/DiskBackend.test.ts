@@ -1,0 +1,209 @@
+import { DiskBackend } from "@cachekit/backends"
+import { CacheBackend, CacheEntry } from "@cachekit/core"
+import { describe, expect, it } from "@effect/vitest"
+import {
+  Chunk,
+  Clock,
+  ConfigProvider,
+  Context,
+  Deferred,
+  Effect,
+  Either,
+  Exit,
+  Fiber,
+  Layer,
+  Option,
+  Scope,
+  Stream,
+  TestClock
+} from "effect"
+import { createHash } from "node:crypto"
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
+import { tempDir } from "./tempDir.js"
+
+const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex")
+const contentFile = (dir: string, body: Uint8Array) => {
+  const d = sha(body)
+  return path.join(dir, "content", "sha256", d.slice(0, 2), d)
+}
+const listFiles = (dir: string): Promise<Array<string>> =>
+  fs.readdir(dir, { recursive: true, withFileTypes: true }).then((entries) =>
+    entries.filter((e) => e.isFile()).map((e) => path.join(e.parentPath, e.name))
+  ).catch(() => [])
+
+const body = (size: number, seed = 1) => {
+  const b = new Uint8Array(size)
+  for (let i = 0; i < size; i++) b[i] = (i * seed + 13) % 256
+  return b
+}
+const entry = (value: Uint8Array, ttl = 60_000) =>
+  Effect.map(Clock.currentTimeMillis, (now) => CacheEntry.make({ value, createdAt: now, expiresAt: now + ttl }))
+
+/** Opens the store in `directory` in its own scope, so a test can close and reopen it. */
+const open = (options: DiskBackend.Options) =>
+  Effect.gen(function*() {
+    const scope = yield* Scope.make()
+    const ctx = yield* Layer.buildWithScope(DiskBackend.layer({ fsync: false, ...options }), scope)
+    return { backend: Context.get(ctx, CacheBackend.CacheBackendTag), close: Scope.close(scope, Exit.void) }
+  })
+
+const streamingOf = (b: CacheBackend.CacheBackend) => {
+  if (b.streaming === undefined) throw new Error("the disk backend streams")
+  return b.streaming
+}
+
+describe("DiskBackend", () => {
+  it.scoped("stores a body shared by two keys once, and deletes it with its last key", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const { backend } = yield* open({ directory: dir })
+      const shared = body(100_000)
+      yield* backend.set("a", yield* entry(shared))
+      yield* backend.set("b", yield* entry(shared))
+      const files = (yield* Effect.promise(() => listFiles(path.join(dir, "content")))).length
+      expect(files).toBe(1)
+      yield* backend.delete("a")
+      expect(yield* Effect.promise(() => fs.stat(contentFile(dir, shared)).then(() => true))).toBe(true)
+      expect(Option.getOrThrow(yield* backend.get("b")).value).toEqual(shared)
+      yield* backend.delete("b")
+      expect(yield* Effect.promise(() => listFiles(path.join(dir, "content")))).toEqual([])
+      expect(yield* Effect.promise(() => listFiles(path.join(dir, "index")))).toEqual([])
+    }))
+
+  it.scoped("a bit-flipped body is a miss, is removed, and is not served under any key", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const { backend } = yield* open({ directory: dir })
+      const value = body(50_000)
+      yield* backend.set("a", yield* entry(value))
+      yield* backend.set("b", yield* entry(value))
+      const file = contentFile(dir, value)
+      const bytes = yield* Effect.promise(() => fs.readFile(file))
+      bytes[25_000] = bytes[25_000]! ^ 0x01
+      yield* Effect.promise(() => fs.writeFile(file, bytes))
+      expect(Option.isNone(yield* backend.get("a"))).toBe(true)
+      expect(yield* Effect.promise(() => fs.stat(file).then(() => true, () => false))).toBe(false)
+      expect(Option.isNone(yield* backend.get("b"))).toBe(true)
+      expect(yield* Effect.promise(() => listFiles(path.join(dir, "index")))).toEqual([])
+    }))
+
+  it.scoped("a truncated body is a miss before a single byte is streamed", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const { backend } = yield* open({ directory: dir })
+      const value = body(300_000)
+      yield* backend.set("a", yield* entry(value))
+      yield* Effect.promise(() => fs.truncate(contentFile(dir, value), 200_000))
+      expect(Option.isNone(yield* streamingOf(backend).getStream("a"))).toBe(true)
+      expect(Option.isNone(yield* backend.get("a"))).toBe(true)
+      expect(yield* Effect.promise(() => listFiles(path.join(dir, "content")))).toEqual([])
+    }))
+
+  it.scoped("a body corrupted in place fails its stream with DecodeError instead of ending cleanly", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const { backend } = yield* open({ directory: dir })
+      const value = body(300_000)
+      yield* backend.set("a", yield* entry(value))
+      const file = contentFile(dir, value)
+      const handle = yield* Effect.promise(() => fs.open(file, "r+"))
+      yield* Effect.promise(() => handle.write(Buffer.from([value[250_000]! ^ 0xff]), 0, 1, 250_000))
+      yield* Effect.promise(() => handle.close())
+      const streamed = Option.getOrThrow(yield* streamingOf(backend).getStream("a"))
+      const result = yield* Effect.either(Stream.runCollect(streamed.body))
+      expect(Either.isLeft(result) && result.left._tag).toBe("DecodeError")
+      expect(Option.isNone(yield* backend.get("a"))).toBe(true)
+      expect(yield* Effect.promise(() => fs.stat(file).then(() => true, () => false))).toBe(false)
+    }))
+
+  it.scoped("getStream reads the body in chunks of at most 64 KiB", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const { backend } = yield* open({ directory: dir })
+      const value = body(1024 * 1024 + 5)
+      yield* backend.set("a", yield* entry(value))
+      const streamed = Option.getOrThrow(yield* streamingOf(backend).getStream("a"))
+      expect(streamed.entry.value.byteLength).toBe(0)
+      expect(streamed.entry.size).toBe(value.byteLength)
+      const chunks = Chunk.toArray(yield* Stream.runCollect(streamed.body))
+      expect(chunks.length).toBe(17)
+      expect(Math.max(...chunks.map((c) => c.byteLength))).toBe(64 * 1024)
+      expect(Buffer.concat(chunks).equals(Buffer.from(value))).toBe(true)
+    }))
+
+  it.scoped("rebuilds its index from disk on start and drops what expired meanwhile", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const first = yield* open({ directory: dir })
+      yield* first.backend.set("kept", yield* entry(body(10_000, 3), 3_600_000))
+      yield* first.backend.set("expires", yield* entry(body(10_000, 5), 1_000))
+      yield* first.close
+      // leftovers of a crash: a half-written temp file and a body no record points to
+      yield* Effect.promise(() => fs.writeFile(path.join(dir, "tmp", "half-written"), "partial"))
+      const orphan = contentFile(dir, body(10, 9))
+      yield* Effect.promise(() => fs.mkdir(path.dirname(orphan), { recursive: true }))
+      yield* Effect.promise(() => fs.writeFile(orphan, body(10, 9)))
+      yield* TestClock.adjust("2 seconds")
+      const second = yield* open({ directory: dir })
+      expect(Option.getOrThrow(yield* second.backend.get("kept")).value).toEqual(body(10_000, 3))
+      expect(Option.isNone(yield* second.backend.get("expires"))).toBe(true)
+      expect(yield* Effect.promise(() => listFiles(path.join(dir, "tmp")))).toEqual([])
+      expect(yield* Effect.promise(() => fs.stat(orphan).then(() => true, () => false))).toBe(false)
+      expect((yield* second.backend.stats!).entries).toBe(1)
+      yield* second.close
+    }))
+
+  it.scoped("stays within maxBytes by evicting, and deletes the evicted files", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const { backend } = yield* open({ directory: dir, maxBytes: 1024 * 1024 })
+      for (let i = 0; i < 30; i++) yield* backend.set(`k${i}`, yield* entry(body(100_000, i + 1)))
+      const stats = yield* backend.stats!
+      expect(stats.bytes).toBeLessThanOrEqual(1024 * 1024)
+      expect(stats.evictions).toBeGreaterThan(0)
+      const files = yield* Effect.promise(() => listFiles(path.join(dir, "content")))
+      expect(files.length).toBe(stats.entries)
+      const sizes = yield* Effect.promise(() => Promise.all(files.map((f) => fs.stat(f).then((s) => s.size))))
+      expect(sizes.reduce((a, b) => a + b, 0)).toBe(stats.bytes)
+    }))
+
+  it.scoped("a streamed write that fails or is interrupted leaves no temp file and no entry", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const { backend } = yield* open({ directory: dir, maxEntrySize: 1024 * 1024 })
+      const streaming = streamingOf(backend)
+      const meta = { createdAt: 0, expiresAt: 60_000, staleUntil: 60_000, tags: [] }
+      const tooBig = Stream.repeatValue(body(100_000)).pipe(Stream.take(20))
+      const result = yield* Effect.either(streaming.setStream("big", meta, tooBig))
+      expect(Either.isLeft(result) && result.left._tag).toBe("EntryTooLarge")
+
+      const started = yield* Deferred.make<void>()
+      const hanging = Stream.concat(
+        Stream.make(body(100_000)),
+        Stream.fromEffect(Deferred.succeed(started, undefined)).pipe(Stream.drain, Stream.concat(Stream.never))
+      )
+      const fiber = yield* Effect.fork(streaming.setStream("hanging", meta, hanging))
+      yield* Deferred.await(started)
+      expect((yield* Effect.promise(() => listFiles(path.join(dir, "tmp")))).length).toBe(1)
+      yield* Fiber.interrupt(fiber)
+      expect(yield* Effect.promise(() => listFiles(path.join(dir, "tmp")))).toEqual([])
+      expect(yield* Effect.promise(() => listFiles(path.join(dir, "content")))).toEqual([])
+      expect(Option.isNone(yield* backend.get("hanging"))).toBe(true)
+    }))
+
+  it.scoped("layerConfig reads the directory through Config", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const got = yield* Effect.gen(function*() {
+        const backend = yield* CacheBackend.CacheBackendTag
+        yield* backend.set("k", yield* entry(body(10)))
+        return yield* backend.get("k")
+      }).pipe(
+        Effect.provide(DiskBackend.layerConfig()),
+        Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["CACHEKIT_DISK_DIR", dir]])))
+      )
+      expect(Option.isSome(got)).toBe(true)
+      expect((yield* Effect.promise(() => listFiles(path.join(dir, "index")))).length).toBe(1)
+    }))
+})
