@@ -57,7 +57,9 @@ const busError = (operation: string, cause: unknown) =>
   })
 
 /** Connects both connections and subscribes; both are closed (QUIT) when the scope closes. */
-export const make = (options: Options = {}): Effect.Effect<Bus.InvalidationBus, Bus.InvalidationBusError, Scope.Scope> =>
+export const make = (
+  options: Options = {}
+): Effect.Effect<Bus.InvalidationBus, Bus.InvalidationBusError, Scope.Scope> =>
   Effect.gen(function*() {
     const channel = options.channel ?? "cachekit:invalidation"
     const instanceId = options.instanceId ?? Bus.makeInstanceId()

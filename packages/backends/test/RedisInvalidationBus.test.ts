@@ -28,8 +28,10 @@ const eventually = (done: () => boolean, timeoutMillis = 5000) =>
   })
 
 const entry = (value: string, ttlMillis: number) =>
-  Effect.map(Clock.currentTimeMillis, (now) =>
-    CacheEntry.make({ value: new TextEncoder().encode(value), createdAt: now, expiresAt: now + ttlMillis }))
+  Effect.map(
+    Clock.currentTimeMillis,
+    (now) => CacheEntry.make({ value: new TextEncoder().encode(value), createdAt: now, expiresAt: now + ttlMillis })
+  )
 
 const text = (e: Option.Option<CacheEntry.CacheEntry>) => Option.map(e, (x) => new TextDecoder().decode(x.value))
 
@@ -60,7 +62,9 @@ describe.skipIf(port === 0)("RedisInvalidationBus", () => {
       const events = yield* Effect.fork(Stream.runCollect(Stream.take(yield* b.subscribe, 1)))
       const client = yield* rawClient(port)
       yield* Effect.promise(() => client.publish(channel, "garbage"))
-      yield* Effect.promise(() => client.publish(channel, JSON.stringify({ v: 1, origin: "X", message: { _tag: "Nope" } })))
+      yield* Effect.promise(() =>
+        client.publish(channel, JSON.stringify({ v: 1, origin: "X", message: { _tag: "Nope" } }))
+      )
       yield* Effect.promise(() =>
         client.publish(channel, JSON.stringify({ v: 1, origin: "X", message: { _tag: "Update", keys: ["u"] } }))
       )
@@ -111,7 +115,7 @@ describe.skipIf(port === 0)("RedisInvalidationBus", () => {
         const l1 = yield* MemoryBackend.make({ maxEntries: 100 })
         const l2 = yield* MemoryBackend.make({ maxEntries: 100, name: "shared" })
         const ctx = yield* Layer.build(
-          Layer.merge(TieredCache.layerWithBus([{ backend: l1 }, { backend: l2 }]), busLayer.pipe(Layer.fresh))
+          Layer.provideMerge(TieredCache.layerWithBus([{ backend: l1 }, { backend: l2 }]), busLayer)
         )
         const tiered = Context.get(ctx, TieredCache.TieredCache)
         const bus = Context.get(ctx, InvalidationBus.InvalidationBus)

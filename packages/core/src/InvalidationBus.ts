@@ -111,9 +111,11 @@ export const makeInstanceId = (): string => globalThis.crypto.randomUUID()
 export const receive = (self: string, text: string): Effect.Effect<Event | undefined> => {
   const decoded = decodeEnvelope(text)
   if (Either.isLeft(decoded)) {
-    return Effect.as(
-      Effect.logWarning("invalidation bus: dropping a malformed message", decoded.left.message),
-      undefined
+    // the last line of a ParseError tree says what was wrong; the whole tree restates the schema
+    const reason = decoded.left.message.split("\n").pop()?.trim() ?? ""
+    return Effect.logWarning("invalidation bus: dropping a malformed message").pipe(
+      Effect.annotateLogs({ payload: text.slice(0, 120), reason: reason.slice(0, 200) }),
+      Effect.as(undefined)
     )
   }
   const envelope = decoded.right
