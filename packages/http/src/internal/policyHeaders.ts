@@ -76,14 +76,15 @@ export const without = (headers: Headers, names: ReadonlyArray<string>): Headers
   return fromEntries(Object.entries(headers).filter(([name]) => !drop.has(name)))
 }
 
-/** Field names listed in a Vary value, lower-cased; `"*"` when it contains `*`. */
+/** Field names listed in a Vary value, lower-cased; `"*"` when it contains `*` (or `__proto__`). */
 export const varyNames = (value: string | undefined): ReadonlyArray<string> | "*" => {
   if (value === undefined) return []
   const names: Array<string> = []
   for (const raw of value.split(",")) {
     const name = raw.trim().toLowerCase()
     if (name.length === 0) continue
-    if (name === "*") return "*"
+    // "__proto__" cannot survive a JSON/Schema round trip as a record key; never matching is the safe reading.
+    if (name === "*" || name === "__proto__") return "*"
     if (!names.includes(name)) names.push(name)
   }
   return names
