@@ -77,6 +77,8 @@ export const resolveOptions = (options: Options): Resolved => {
 const META_POLICY = "http.policy"
 const META_VARY = "http.vary"
 const META_NONCE = "http.nonce"
+/** Set on entries stored under an `ignore-rules` response-mode override: they are served as such. */
+const META_MODE = "http.mode"
 
 /** Decoded policies by entry object: an in-process backend hands back the same object on every hit. */
 const policyCache = new WeakMap<CacheEntry.CacheEntry, Policy.StoredPolicy>()
@@ -192,9 +194,10 @@ export const make = (
      * past expiry when it has a validator). `ignore-rules` entries live `maxTtl` (or `staleRetention`).
      */
     const templateFor = (policy: Policy.StoredPolicy, now: number, ignoreRules: boolean): EntryTemplate => {
-      const meta = { [META_POLICY]: Policy.encodeStoredPolicy(policy) }
+      const meta: Record<string, string> = { [META_POLICY]: Policy.encodeStoredPolicy(policy) }
       if (ignoreRules) {
         const until = now + (options.maxTtlMillis ?? options.staleRetentionMillis)
+        meta[META_MODE] = "ignore-rules"
         return { createdAt: now, expiresAt: until, staleUntil: until, tags: [], meta }
       }
       const remaining = (Policy.freshnessLifetime(policy, policyOptions) - Policy.currentAge(policy, now)) * 1000
@@ -594,7 +597,12 @@ export const make = (
         const result = yield* lookupEntry(primary, snapshot, now)
         if (result._tag === "Miss") return noNetwork ? only504(request, result.fwd) : yield* miss(result.fwd)
         const found = result.found
-        const decision = Policy.lookup(found.policy, snapshot, now, policyOptions, mode)
+        // An entry stored against its own rules (an `ignore-rules` override) is served by that rule
+        // until the backend drops it.
+        const lookupMode = mode === "default" && found.entry.meta?.[META_MODE] === "ignore-rules"
+          ? "ignore-rules"
+          : mode
+        const decision = Policy.lookup(found.policy, snapshot, now, policyOptions, lookupMode)
         switch (decision._tag) {
           case "Fresh":
             return serveStored(
