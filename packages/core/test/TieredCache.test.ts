@@ -1,4 +1,4 @@
-import { CacheEntry, InvalidationBus, TieredCache } from "@cachekit/core"
+import { Cache, CacheEntry, InvalidationBus, MemoryBackend, TieredCache } from "@cachekit/core"
 import { describe, expect, it } from "@effect/vitest"
 import { Clock, Context, Effect, Fiber, Layer, Option, TestClock } from "effect"
 import { entryAt, makeEntry, makeMapBackend, str } from "./fixtures/tierFixtures.js"
@@ -17,6 +17,9 @@ const twoTiers = (l2Options?: Partial<TieredCache.Tier>, l1Options?: Partial<Tie
 }
 
 const getValue = (tiered: TieredCache.TieredCache, key: string) => Effect.map(tiered.get(key), Option.map(str))
+
+/** Lets the bus deliver what was published so far (the subscriber fibers run between yields). */
+const quiesce = Effect.repeatN(Effect.yieldNow(), 50)
 
 /** Lets forked fibers (the bus subscriber) run until `done` holds, at most `rounds` scheduler turns. */
 const settle = (done: () => boolean, rounds = 200) =>
@@ -276,6 +279,7 @@ describe("TieredCache across instances (shared L2, memory bus)", () => {
     Effect.gen(function*() {
       const { a, b, l1b } = yield* twoInstances
       yield* a.set("k", yield* makeEntry("v1", MINUTE))
+      yield* quiesce
       expect(yield* getValue(b, "k")).toEqual(Option.some("v1"))
       expect(l1b.store.has("k")).toBe(true)
 
@@ -289,6 +293,7 @@ describe("TieredCache across instances (shared L2, memory bus)", () => {
       const { a, b, l1a, l1b } = yield* twoInstances
       for (const key of ["x", "y", "z"]) {
         yield* a.set(key, yield* makeEntry(key, MINUTE, { tags: [key === "y" ? "ty" : "other"] }))
+        yield* quiesce
         yield* b.get(key)
       }
       yield* a.invalidate("x")
@@ -333,6 +338,8 @@ describe("TieredCache across instances (shared L2, memory bus)", () => {
       })
       yield* a.set("k", yield* makeEntry("v1", MINUTE))
       yield* b.get("k")
+      yield* quiesce
+      expect(l1b.store.has("k")).toBe(true)
       yield* a.set("k", yield* makeEntry("v2", MINUTE)) // explicit mode: no broadcast
       for (let i = 0; i < 20; i++) yield* Effect.yieldNow()
       expect(yield* getValue(b, "k")).toEqual(Option.some("v1"))
@@ -348,5 +355,54 @@ describe("TieredCache across instances (shared L2, memory bus)", () => {
         ))
       yield* settle(() => !l1b.store.has("k"))
       expect(yield* getValue(b, "k")).toEqual(Option.some("v3+1"))
+    }))
+})
+
+describe("TieredCache under the Cache service", () => {
+  it.scoped("N concurrent misses cost one walk of the lower tiers and one compute", () =>
+    Effect.gen(function*() {
+      const l1 = yield* MemoryBackend.make({ maxEntries: 100 })
+      const l2 = makeMapBackend("l2", { readLatency: "10 millis" })
+      const ctx = yield* Layer.build(
+        Cache.layer().pipe(Layer.provideMerge(TieredCache.layer([{ backend: l1 }, { backend: l2 }])))
+      )
+      const cache = Context.get(ctx, Cache.Cache)
+      const tiered = Context.get(ctx, TieredCache.TieredCache)
+      let computes = 0
+      const compute = Effect.sleep("50 millis").pipe(
+        Effect.as(new TextEncoder().encode("computed")),
+        Effect.tap(() => {
+          computes++
+        })
+      )
+      const readers = yield* Effect.fork(
+        Effect.all(Array.from({ length: 10 }, () => cache.getOrCompute("k", compute, { ttl: "1 minute" })), {
+          concurrency: "unbounded"
+        })
+      )
+      yield* TestClock.adjust("10 millis")
+      yield* TestClock.adjust("50 millis")
+      const values = yield* Fiber.join(readers)
+      expect(values.map((v) => new TextDecoder().decode(v))).toEqual(Array(10).fill("computed"))
+      expect(l2.calls.get).toBe(1)
+      expect(computes).toBe(1)
+      // the computed value went through every tier
+      expect(l2.store.has("k")).toBe(true)
+      expect(l1.unsafeGetSync("k", yield* Clock.currentTimeMillis)).toBeDefined()
+      expect((yield* tiered.stats)[0]!.misses).toBe(10)
+    }))
+
+  it.scoped("a walk that raced an invalidation does not promote the old value into L1", () =>
+    Effect.gen(function*() {
+      const l1 = makeMapBackend("l1", { sync: true })
+      const l2 = makeMapBackend("l2", { readLatency: "10 millis" })
+      const tiered = yield* TieredCache.make([{ backend: l1 }, { backend: l2 }])
+      l2.store.set("k", yield* makeEntry("old", MINUTE))
+      const reader = yield* Effect.fork(tiered.get("k"))
+      yield* settle(() => l2.calls.get === 1) // L2 has read "old" and answers in 10 ms
+      yield* tiered.invalidate("k")
+      yield* TestClock.adjust("10 millis")
+      yield* Fiber.join(reader)
+      expect(l1.store.has("k")).toBe(false)
     }))
 })

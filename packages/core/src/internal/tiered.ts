@@ -5,7 +5,19 @@
  * @internal
  */
 import type { Scope } from "effect"
-import { Cause, Clock, Duration, Effect, Metric, MetricBoundaries, Option, Schedule, Stream } from "effect"
+import {
+  Cause,
+  Clock,
+  Deferred,
+  Duration,
+  Effect,
+  FiberId,
+  Metric,
+  MetricBoundaries,
+  Option,
+  Schedule,
+  Stream
+} from "effect"
 import type { CacheBackend, Health } from "../CacheBackend.js"
 import { validateKey } from "../CacheBackend.js"
 import type { CacheEntry } from "../CacheEntry.js"
@@ -89,6 +101,12 @@ interface TierRuntime {
   readonly flushed: Counters
   readonly latency: Metric.Metric.Histogram<number>
   readonly counterMetrics: { readonly [K in keyof Counters]: Metric.Metric.Counter<number> }
+}
+
+/** One walk below L1 in flight for a key, shared by every concurrent reader of that key. */
+interface Walk {
+  readonly deferred: Deferred.Deferred<Option.Option<CacheEntry>>
+  superseded: boolean
 }
 
 const zero = (): Counters => ({ hits: 0, misses: 0, promotions: 0, errors: 0, timeouts: 0, skipped: 0 })
@@ -283,6 +301,7 @@ export const make = (
   options?: Options & { readonly bus?: InvalidationBus | undefined }
 ): Effect.Effect<TieredCache, InvalidationBusError, Scope.Scope> =>
   Effect.gen(function*() {
+    const scope = yield* Effect.scope
     const tiers = tierConfigs.map(resolveTier)
     const count = tiers.length
     const bus = options?.bus
@@ -332,7 +351,9 @@ export const make = (
       return true
     }
 
-    const promote = (key: string, entry: CacheEntry, foundAt: number, now: number): Effect.Effect<void> => {
+    const promote = (key: string, entry: CacheEntry, foundAt: number, now: number, walk: Walk | undefined) => {
+      // a write or invalidation of the key since this walk started: what it found must not go up
+      if (walk?.superseded === true) return Effect.void
       let writes: Array<Effect.Effect<unknown>> | undefined
       for (let j = foundAt - 1; j >= 0; j--) {
         const tier = tiers[j]!
@@ -345,19 +366,57 @@ export const make = (
       return writes === undefined ? Effect.void : Effect.all(writes, { discard: true })
     }
 
-    const walk = (key: string, i: number, now: number): Effect.Effect<Option.Option<CacheEntry>> => {
+    const walk = (
+      key: string,
+      i: number,
+      now: number,
+      token: Walk | undefined
+    ): Effect.Effect<Option.Option<CacheEntry>> => {
       if (i >= count) return none
       const tier = tiers[i]!
       return Effect.flatMap(guarded(tier, "get", tier.backend.get(key), now), (found) => {
-        if (found === SKIPPED) return walk(key, i + 1, now)
+        if (found === SKIPPED) return walk(key, i + 1, now, token)
         if (Option.isNone(found)) {
           tier.counters.misses++
-          return walk(key, i + 1, now)
+          return walk(key, i + 1, now, token)
         }
         tier.counters.hits++
         notify(key, found.value, i)
-        return i === 0 ? Effect.succeed(found) : Effect.as(promote(key, found.value, i, now), found)
+        return i === 0 ? Effect.succeed(found) : Effect.as(promote(key, found.value, i, now, token), found)
       })
+    }
+
+    /**
+     * The walk below L1 is single-flight per key: concurrent misses of one key share one walk (one
+     * call per lower tier), so with the Cache service's single-flight compute on top, N concurrent
+     * misses cost one walk and one compute. The walk runs in the layer's scope, so a caller that is
+     * interrupted does not interrupt it for the others.
+     */
+    const walks = new Map<string, Walk>()
+    const sharedWalk = (key: string, from: number, now: number): Effect.Effect<Option.Option<CacheEntry>> => {
+      if (from >= count) return none
+      const existing = walks.get(key)
+      if (existing !== undefined) return Deferred.await(existing.deferred)
+      const token: Walk = { deferred: Deferred.unsafeMake(FiberId.none), superseded: false }
+      walks.set(key, token)
+      return walk(key, from, now, token).pipe(
+        Effect.exit,
+        Effect.flatMap((exit) => {
+          if (walks.get(key) === token) walks.delete(key)
+          return Deferred.done(token.deferred, exit)
+        }),
+        Effect.forkIn(scope),
+        Effect.zipRight(Deferred.await(token.deferred))
+      )
+    }
+
+    /** A write or invalidation of `key`: in-flight walks must not promote what they found, new reads walk again. */
+    const supersede = (key: string) => {
+      const token = walks.get(key)
+      if (token !== undefined) {
+        token.superseded = true
+        walks.delete(key)
+      }
     }
 
     const first = tiers[0]
@@ -373,9 +432,9 @@ export const make = (
             return Effect.succeed(Option.some(entry))
           }
           first.counters.misses++
-          return walk(key, 1, now)
+          return sharedWalk(key, 1, now)
         }
-        return walk(key, 0, now)
+        return sharedWalk(key, 0, now)
       })
     }
 
@@ -385,6 +444,7 @@ export const make = (
       Effect.gen(function*() {
         yield* validateKey(key)
         const now = yield* Clock.currentTimeMillis
+        supersede(key)
         let written = 0
         let eligible = 0
         let lastError: CacheError | undefined
@@ -431,6 +491,7 @@ export const make = (
     // -- invalidation -----------------------------------------------------------------------
 
     const forgetKey = (key: string) => {
+      supersede(key)
       for (const tier of tiers) tier.promotionHits.delete(key)
     }
 
@@ -438,6 +499,7 @@ export const make = (
     const deleteFrom = (targets: ReadonlyArray<TierRuntime>, key: string) =>
       Effect.gen(function*() {
         const now = yield* Clock.currentTimeMillis
+        forgetKey(key)
         let removed = false
         let failure: CacheError | undefined
         for (let i = targets.length - 1; i >= 0; i--) {
@@ -446,6 +508,7 @@ export const make = (
           if (result === SKIPPED) failure ??= lastErrorOf(tier, "delete")
           else removed = removed || result
         }
+        // again after the deletes: a walk that started meanwhile may have read the old entry
         forgetKey(key)
         return { removed, failure }
       })
@@ -518,6 +581,7 @@ export const make = (
           if (result === SKIPPED) skippedTiers.push(tier.name)
           else affected += result
         }
+        supersedeAll() // tag membership of in-flight walks is unknown: none of them may promote
         return { affected, skippedTiers }
       })
 
@@ -541,6 +605,7 @@ export const make = (
           if (result === SKIPPED) skippedTiers.push(tier.name)
           else affected += result
         }
+        supersedeAll()
         return { affected, skippedTiers }
       })
 
@@ -559,9 +624,15 @@ export const make = (
         Effect.tap(publishLogged({ _tag: "InvalidatePattern", pattern }))
       )
 
+    const supersedeAll = () => {
+      for (const token of walks.values()) token.superseded = true
+      walks.clear()
+    }
+
     const clearTiers = (targets: ReadonlyArray<TierRuntime>) =>
       Effect.gen(function*() {
         const now = yield* Clock.currentTimeMillis
+        supersedeAll()
         let failure: CacheError | undefined
         for (let i = targets.length - 1; i >= 0; i--) {
           const tier = targets[i]!
