@@ -1,10 +1,12 @@
 import type { CacheBackend as CB, CacheEntry } from "@cachekit/core"
 import { CacheBackend, CacheError } from "@cachekit/core"
 import { WTinyLfu } from "@cachekit/core/internal/wtinylfu"
+import * as NodeStream from "@effect/platform-node/NodeStream"
 import type { Scope } from "effect"
 import { Clock, Effect, Exit, Option, Stream } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { constants as fsConstants } from "node:fs"
+import { createReadStream } from "node:fs"
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 
@@ -127,13 +129,13 @@ export const makeDiskBackend = (
           madeDirs.add(dir)
         })
 
-    /** Writes bytes to a new file, fsyncs it, closes it. */
-    const writeFileSynced = (file: string, data: Uint8Array | string) =>
+    /** Writes bytes to a new file, fsyncs it (if `sync` and the store fsyncs), closes it. */
+    const writeFileSynced = (file: string, data: Uint8Array | string, sync = true) =>
       io("write", async () => {
         const fh = await fs.open(file, "wx")
         try {
           await fh.writeFile(data)
-          if (options.fsync) await fh.sync()
+          if (sync && options.fsync) await fh.sync()
         } finally {
           await fh.close()
         }
@@ -218,7 +220,9 @@ export const makeDiskBackend = (
         }
         const file = recordPath(record.key)
         const tmpRecord = tmpPath()
-        yield* writeFileSynced(tmpRecord, encodeRecord(record))
+        // Not fsynced: rename makes the record appear whole or not at all, and a record lost in a
+        // crash is only a miss. The body it points to was fsynced before the rename above.
+        yield* writeFileSynced(tmpRecord, encodeRecord(record), false)
         yield* ensureDir(path.dirname(file))
         yield* io("rename", () => fs.rename(tmpRecord, file))
         addRef(record.digest, record.size)
@@ -327,39 +331,38 @@ export const makeDiskBackend = (
 
     /** Reads a body in chunks, hashing as it goes; a digest mismatch at the end fails the stream. */
     const bodyStream = (record: IndexRecord): Stream.Stream<Uint8Array, CacheError.CacheError> =>
-      Stream.acquireRelease(
-        io("open", () => fs.open(contentPath(record.digest), "r")),
-        (fh) => Effect.promise(() => fh.close().catch(() => undefined))
-      ).pipe(Stream.flatMap((fh) => {
+      Stream.suspend(() => {
         const hash = createHash("sha256")
         let total = 0
-        return Stream.repeatEffectOption(
-          Effect.gen(function*() {
-            const buffer = Buffer.allocUnsafe(options.chunkSize)
-            const { bytesRead } = yield* Effect.mapError(
-              io("read", () => fh.read(buffer, 0, buffer.byteLength, null)),
-              Option.some
-            )
-            if (bytesRead === 0) {
-              if (total === record.size && hash.digest("hex") === record.digest) {
-                return yield* Effect.fail(Option.none())
-              }
-              yield* discardCorrupt(record, "digest mismatch while streaming")
-              return yield* Effect.fail(Option.some<CacheError.CacheError>(
+        const verify = Effect.suspend(() =>
+          total === record.size && hash.digest("hex") === record.digest
+            ? Effect.void
+            : Effect.zipRight(
+              discardCorrupt(record, "digest mismatch while streaming"),
+              Effect.fail(
                 new CacheError.DecodeError({
                   key: record.key,
                   cause: "digest mismatch",
                   message: `body of "${record.key}" failed its integrity check while streaming; it was removed`
                 })
-              ))
-            }
-            total += bytesRead
-            const chunk = buffer.subarray(0, bytesRead)
-            hash.update(chunk)
-            return chunk
-          })
+              )
+            )
         )
-      }))
+        return NodeStream.fromReadable<CacheError.CacheError, Uint8Array>(
+          () => createReadStream(contentPath(record.digest), { highWaterMark: options.chunkSize }),
+          (cause) => CacheError.backendUnavailable(name, "stream", cause, `check that ${directory} is readable`),
+          { chunkSize: options.chunkSize }
+        ).pipe(
+          Stream.mapChunks((chunk) => {
+            for (const bytes of chunk) {
+              total += bytes.byteLength
+              hash.update(bytes)
+            }
+            return chunk
+          }),
+          Stream.concat(Stream.drain(Stream.fromEffect(verify)))
+        )
+      })
 
     const streaming: CB.StreamingCapability = {
       getStream: (key) =>
