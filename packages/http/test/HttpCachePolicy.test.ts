@@ -1,5 +1,6 @@
 import { HttpCachePolicy } from "@cachekit/http"
 import { describe, expect, it } from "@effect/vitest"
+import { Clock, Effect, TestClock } from "effect"
 
 type Req = HttpCachePolicy.RequestSnapshot
 type Res = HttpCachePolicy.ResponseSnapshot
@@ -798,6 +799,9 @@ describe("RFC 9111 §5.2 lenient Cache-Control parsing", () => {
 
   it("§4.2.1 duplicate max-age / s-maxage resolve to the smallest value", () => {
     expect(parse("max-age=600, max-age=10, s-maxage=50, s-maxage=5")).toMatchObject({ maxAge: 10, sMaxage: 5 })
+    expect(parse("max-age=10, max-age=600, s-maxage=5, s-maxage=50")).toMatchObject({ maxAge: 10, sMaxage: 5 })
+    expect(parse("stale-while-revalidate=5, stale-while-revalidate=50, stale-if-error=1, stale-if-error=9"))
+      .toMatchObject({ staleWhileRevalidate: 5, staleIfError: 1 })
   })
 
   it("§5.2 a bare no-cache or private wins over the field-name form", () => {
@@ -1061,4 +1065,32 @@ describe("StoredPolicy wire format", () => {
       expect(lookupAfter(decoded, seconds, SHARED)).toEqual(lookupAfter(stored, seconds, SHARED))
     }
   })
+})
+
+describe("Driven by Effect's Clock (the policy takes `now`; TestClock moves it)", () => {
+  it.effect("§4.2 a response stored at the clock's time goes stale when TestClock passes max-age", () =>
+    Effect.gen(function*() {
+      const requestTime = yield* Clock.currentTimeMillis
+      yield* TestClock.adjust("200 millis")
+      const responseTime = yield* Clock.currentTimeMillis
+      const stored = HttpCachePolicy.store(
+        request(),
+        { status: 200, headers: { "cache-control": "max-age=60, stale-while-revalidate=10" } },
+        { requestTime, responseTime },
+        SHARED
+      )
+      yield* TestClock.adjust("59 seconds")
+      expect(HttpCachePolicy.lookup(stored, request(), yield* Clock.currentTimeMillis, SHARED)._tag).toBe("Fresh")
+      yield* TestClock.adjust("1 second")
+      // 60.2 s: the 200 ms response delay counts towards the age (§4.2.3).
+      expect(HttpCachePolicy.lookup(stored, request(), yield* Clock.currentTimeMillis, SHARED)).toMatchObject({
+        _tag: "Stale",
+        serveWhileRevalidate: true
+      })
+      yield* TestClock.adjust("10 seconds")
+      expect(HttpCachePolicy.lookup(stored, request(), yield* Clock.currentTimeMillis, SHARED)).toMatchObject({
+        _tag: "Stale",
+        serveWhileRevalidate: false
+      })
+    }))
 })

@@ -386,20 +386,22 @@ export const lookup = (
     : fresh || (staleIfErrorMs > 0 && expiresAt + staleIfErrorMs > now)
     ? expiresAt + staleIfErrorMs
     : 0
-  const conditional = conditionalHeaders(stored)
 
   const mustRevalidate = mode === "no-cache" || cc.noCache === true || reqCC.noCache ||
     // §5.2.1.1: request max-age; max-age=0 always asks for validation (what reloads send).
     (reqCC.maxAge !== undefined && (reqCC.maxAge === 0 || ageMs > reqCC.maxAge * 1000)) ||
     // §5.2.1.3: min-fresh: fresh for at least that many more seconds.
     (fresh && reqCC.minFresh !== undefined && remainingMs <= reqCC.minFresh * 1000)
-  if (mustRevalidate) return { _tag: "MustRevalidate", age, ttl, headers, conditional, serveIfErrorUntil }
+  if (mustRevalidate) {
+    return { _tag: "MustRevalidate", age, ttl, headers, conditional: conditionalHeaders(stored), serveIfErrorUntil }
+  }
   if (fresh) return { _tag: "Fresh", age, ttl, headers }
 
   // Stale from here on. §5.2.1.2: the client accepts staleness up to max-stale (unless forbidden, §4.2.4).
   if (!forbidden && reqCC.maxStale !== undefined && -remainingMs <= reqCC.maxStale * 1000) {
     return { _tag: "Fresh", age, ttl, headers }
   }
+  const conditional = conditionalHeaders(stored)
   if (forbidden) return { _tag: "MustRevalidate", age, ttl, headers, conditional, serveIfErrorUntil: 0 }
   const swr = cc.staleWhileRevalidate
   return {
