@@ -5,4 +5,5 @@
  * @since 0.1.0
  */
 export * as HttpCachePolicy from "./HttpCachePolicy.js"
+export * as Proxy from "./Proxy.js"
 export * as HttpClientCache from "./HttpClientCache.js"

@@ -1,0 +1,275 @@
+/**
+ * Argument parsing of the `cachekit` command: a small typed parser (no dependency). Every flag is
+ * the name of a `CACHEKIT_*` setting; parsed flags become a `ConfigProvider` that wins over the
+ * environment, so flags and env go through the same `Config` descriptions.
+ *
+ * @internal
+ */
+import { ConfigProvider, Data, Either } from "effect"
+import { parseDurationMillis } from "./proxy.js"
+
+/** A command line the parser rejects, with a message meant for the user. */
+export class CliError extends Data.TaggedError("CliError")<{
+  readonly reason: "UnknownCommand" | "UnknownFlag" | "MissingValue" | "InvalidValue" | "UnexpectedArgument"
+  readonly flag?: string | undefined
+  readonly message: string
+}> {}
+
+type ValueKind = "url" | "port" | "size" | "duration" | "text" | "list" | "backend" | "boolean"
+
+export interface FlagSpec {
+  /** The setting this flag sets. */
+  readonly env: string
+  /** What the value is; omitted for switches without value. */
+  readonly kind: ValueKind
+  readonly placeholder: string
+  readonly help: string
+}
+
+export const BACKENDS = ["memory", "disk", "redis", "memcached", "none"] as const
+export type BackendKind = typeof BACKENDS[number]
+
+/** Flags of `cachekit proxy`, in help order. */
+export const proxyFlags: Readonly<Record<string, FlagSpec>> = {
+  upstream: {
+    env: "CACHEKIT_UPSTREAM",
+    kind: "url",
+    placeholder: "URL",
+    help: "origin to forward to (default: start the embedded demo origin)"
+  },
+  port: { env: "CACHEKIT_PORT", kind: "port", placeholder: "N", help: "port to listen on, 0 = any (default 3128)" },
+  host: { env: "CACHEKIT_HOST", kind: "text", placeholder: "ADDR", help: "address to listen on (default 127.0.0.1)" },
+  backend: {
+    env: "CACHEKIT_BACKEND",
+    kind: "backend",
+    placeholder: BACKENDS.join("|"),
+    help: "where entries live (default memory; none = forward only)"
+  },
+  "memory-max-bytes": {
+    env: "CACHEKIT_MEMORY_MAX_BYTES",
+    kind: "size",
+    placeholder: "SIZE",
+    help: "memory backend bound (default 64MiB)"
+  },
+  "disk-dir": {
+    env: "CACHEKIT_DISK_DIR",
+    kind: "text",
+    placeholder: "DIR",
+    help: "disk backend directory (default ./.cachekit/cache)"
+  },
+  "redis-url": {
+    env: "CACHEKIT_REDIS_URL",
+    kind: "url",
+    placeholder: "URL",
+    help: "Redis server (default redis://127.0.0.1:6379)"
+  },
+  "memcached-servers": {
+    env: "CACHEKIT_MEMCACHED_SERVERS",
+    kind: "list",
+    placeholder: "H:P,...",
+    help: "Memcached servers (default 127.0.0.1:11211)"
+  },
+  "max-body-size": {
+    env: "CACHEKIT_MAX_BODY_SIZE",
+    kind: "size",
+    placeholder: "SIZE",
+    help: "largest body stored (larger ones pass through; default 16MiB)"
+  },
+  "max-ttl": {
+    env: "CACHEKIT_MAX_TTL",
+    kind: "duration",
+    placeholder: "DURATION",
+    help: "cap on any freshness lifetime"
+  },
+  "cache-status-name": {
+    env: "CACHEKIT_CACHE_STATUS_NAME",
+    kind: "text",
+    placeholder: "NAME",
+    help: "cache name in Cache-Status (default cachekit)"
+  },
+  "targeted-cache-control": {
+    env: "CACHEKIT_TARGETED_CACHE_CONTROL",
+    kind: "list",
+    placeholder: "FIELD,...",
+    help: "RFC 9213 fields honoured over Cache-Control (default CDN-Cache-Control)"
+  },
+  "strip-targeted-cache-control": {
+    env: "CACHEKIT_STRIP_TARGETED_CACHE_CONTROL",
+    kind: "boolean",
+    placeholder: "true|false",
+    help: "remove those fields from responses (this proxy is the last CDN-like hop)"
+  },
+  "upstream-timeout": {
+    env: "CACHEKIT_UPSTREAM_TIMEOUT",
+    kind: "duration",
+    placeholder: "DURATION",
+    help: "wait for the upstream's response head, then 504 (default 30s)"
+  },
+  "shutdown-grace": {
+    env: "CACHEKIT_SHUTDOWN_GRACE",
+    kind: "duration",
+    placeholder: "DURATION",
+    help: "time in-flight requests get on shutdown (default 10s)"
+  }
+}
+
+/** What the command line asks for. */
+export type Command =
+  | { readonly _tag: "Help" }
+  | { readonly _tag: "Version" }
+  | { readonly _tag: "Proxy"; readonly settings: ReadonlyMap<string, string> }
+
+const SIZE_UNITS: Readonly<Record<string, number>> = {
+  "": 1,
+  b: 1,
+  k: 1024,
+  kb: 1024,
+  kib: 1024,
+  m: 1024 ** 2,
+  mb: 1024 ** 2,
+  mib: 1024 ** 2,
+  g: 1024 ** 3,
+  gb: 1024 ** 3,
+  gib: 1024 ** 3
+}
+
+/** Bytes from "1048576", "512k", "64MiB", "1g" (binary units); `undefined` when not a size. */
+export const parseSize = (text: string): number | undefined => {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(text)
+  if (match === null) return undefined
+  const factor = SIZE_UNITS[(match[2] ?? "").toLowerCase()]
+  if (factor === undefined) return undefined
+  const bytes = Math.floor(Number(match[1]) * factor)
+  return Number.isSafeInteger(bytes) ? bytes : undefined
+}
+
+/** Checks one value; returns the normalised setting or a message. */
+const checkValue = (spec: FlagSpec, value: string): Either.Either<string, string> => {
+  switch (spec.kind) {
+    case "url": {
+      return URL.canParse(value) ? Either.right(value) : Either.left(`"${value}" is not an absolute URL`)
+    }
+    case "port": {
+      const port = /^\d+$/.test(value) ? Number(value) : Number.NaN
+      return port >= 0 && port <= 65535
+        ? Either.right(String(port))
+        : Either.left(`"${value}" is not a port (0-65535)`)
+    }
+    case "size": {
+      const bytes = parseSize(value)
+      return bytes === undefined || bytes <= 0
+        ? Either.left(`"${value}" is not a size (examples: 1048576, 512k, 64MiB)`)
+        : Either.right(String(bytes))
+    }
+    case "duration": {
+      return parseDurationMillis(value) === undefined
+        ? Either.left(`"${value}" is not a duration (examples: 500ms, 5s, 2m)`)
+        : Either.right(value)
+    }
+    case "backend": {
+      return (BACKENDS as ReadonlyArray<string>).includes(value)
+        ? Either.right(value)
+        : Either.left(`"${value}" is not one of ${BACKENDS.join(", ")}`)
+    }
+    case "boolean": {
+      const lower = value.toLowerCase()
+      return ["true", "yes", "on", "1"].includes(lower)
+        ? Either.right("true")
+        : ["false", "no", "off", "0"].includes(lower)
+        ? Either.right("false")
+        : Either.left(`"${value}" is not true or false`)
+    }
+    case "list":
+    case "text": {
+      return value.trim() === "" ? Either.left("the value is empty") : Either.right(value)
+    }
+  }
+}
+
+/**
+ * Parses `argv` (without node and the script): `proxy [--flag value | --flag=value]...`,
+ * `help`, `--help`, `--version`.
+ */
+export const parse = (argv: ReadonlyArray<string>): Either.Either<Command, CliError> => {
+  const [command, ...rest] = argv
+  if (command === undefined || command === "help" || command === "--help" || command === "-h") {
+    return Either.right({ _tag: "Help" })
+  }
+  if (command === "--version" || command === "-v" || command === "version") return Either.right({ _tag: "Version" })
+  if (command !== "proxy") {
+    return Either.left(
+      new CliError({ reason: "UnknownCommand", message: `unknown command "${command}" (try: cachekit proxy --help)` })
+    )
+  }
+  const settings = new Map<string, string>()
+  for (let i = 0; i < rest.length; i++) {
+    const arg = rest[i]!
+    if (arg === "--help" || arg === "-h") return Either.right({ _tag: "Help" })
+    if (!arg.startsWith("--")) {
+      return Either.left(
+        new CliError({ reason: "UnexpectedArgument", message: `unexpected argument "${arg}" (flags start with --)` })
+      )
+    }
+    const equals = arg.indexOf("=")
+    const name = equals === -1 ? arg.slice(2) : arg.slice(2, equals)
+    const spec = proxyFlags[name]
+    if (spec === undefined) {
+      return Either.left(
+        new CliError({
+          reason: "UnknownFlag",
+          flag: name,
+          message: `unknown flag --${name} (cachekit proxy --help lists them)`
+        })
+      )
+    }
+    let value: string | undefined
+    if (equals !== -1) {
+      value = arg.slice(equals + 1)
+    } else {
+      const next = rest[i + 1]
+      if (next !== undefined && !next.startsWith("--")) {
+        value = next
+        i++
+      }
+    }
+    if (value === undefined) {
+      return Either.left(
+        new CliError({
+          reason: "MissingValue",
+          flag: name,
+          message: `--${name} needs a value: --${name} ${spec.placeholder}`
+        })
+      )
+    }
+    const checked = checkValue(spec, value)
+    if (Either.isLeft(checked)) {
+      return Either.left(
+        new CliError({ reason: "InvalidValue", flag: name, message: `--${name}: ${checked.left}` })
+      )
+    }
+    settings.set(spec.env, checked.right)
+  }
+  return Either.right({ _tag: "Proxy", settings })
+}
+
+/** Flags first, then the environment. */
+export const configProvider = (settings: ReadonlyMap<string, string>): ConfigProvider.ConfigProvider =>
+  ConfigProvider.fromMap(new Map(settings)).pipe(ConfigProvider.orElse(() => ConfigProvider.fromEnv()))
+
+/** The help text. */
+export const helpText = (): string => {
+  const lines = Object.entries(proxyFlags).map(([name, spec]) =>
+    `  --${`${name} ${spec.placeholder}`.padEnd(44)} ${spec.help}\n${" ".repeat(49)}env ${spec.env}`
+  )
+  return [
+    "cachekit: an RFC 9111 caching reverse proxy",
+    "",
+    "Usage:",
+    "  cachekit proxy [flags]       forward to --upstream (or to an embedded demo origin) and cache",
+    "  cachekit --help | --version",
+    "",
+    "Flags (each also read from its environment variable; flags win):",
+    ...lines,
+    ""
+  ].join("\n")
+}

@@ -1,0 +1,284 @@
+/**
+ * Machinery of the reverse proxy: the forwarding app, request tracking and the drain on shutdown.
+ *
+ * @internal
+ */
+import type { HttpApp, HttpClientError, HttpClientResponse } from "@effect/platform"
+import { HttpBody, HttpClient, HttpClientRequest, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { NodeHttpServerRequest } from "@effect/platform-node"
+import { Config, ConfigError, Data, Duration, Effect, Either, Stream } from "effect"
+import type * as Http from "node:http"
+import { appendForwardedFor, appendVia, REQUEST_DROP, stripHopByHop } from "./proxyHeaders.js"
+
+/** Options resolved once when the layer is built (never per request). */
+export interface Resolved {
+  readonly upstream: URL
+  /** `http://host:port` of the upstream. */
+  readonly origin: string
+  /** Path prefix of the upstream without trailing slash ("" for none). */
+  readonly basePath: string
+  readonly upstreamTimeoutMillis: number
+  readonly shutdownGraceMillis: number
+  readonly via: string
+  readonly tracing: boolean
+}
+
+export const resolve = (options: {
+  readonly upstream: URL
+  readonly upstreamTimeout?: Duration.DurationInput | undefined
+  readonly shutdownGrace?: Duration.DurationInput | undefined
+  readonly via?: string | undefined
+  readonly tracing?: boolean | undefined
+}): Resolved => ({
+  upstream: options.upstream,
+  origin: options.upstream.origin,
+  basePath: options.upstream.pathname.replace(/\/+$/, ""),
+  upstreamTimeoutMillis: Duration.toMillis(Duration.decode(options.upstreamTimeout ?? 30_000)),
+  shutdownGraceMillis: Duration.toMillis(Duration.decode(options.shutdownGrace ?? 10_000)),
+  via: options.via ?? "cachekit",
+  tracing: options.tracing ?? false
+})
+
+// ---------------------------------------------------------------------------------------------
+// Durations from config: "1500" (milliseconds), "1500ms", "5s", "2m", or Effect's "5 seconds"
+// ---------------------------------------------------------------------------------------------
+
+const UNIT_MILLIS: Readonly<Record<string, number>> = {
+  ms: 1,
+  millis: 1,
+  s: 1000,
+  sec: 1000,
+  seconds: 1000,
+  second: 1000,
+  m: 60_000,
+  min: 60_000,
+  minutes: 60_000,
+  minute: 60_000,
+  h: 3_600_000,
+  hours: 3_600_000,
+  hour: 3_600_000
+}
+
+/** Milliseconds from "1500", "1500ms", "5s", "5 seconds", "2m"...; `undefined` when not a duration. */
+export const parseDurationMillis = (text: string): number | undefined => {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(text)
+  if (match === null) return undefined
+  const amount = Number(match[1])
+  const unit = (match[2] ?? "").toLowerCase()
+  const factor = unit === "" ? 1 : UNIT_MILLIS[unit]
+  return factor === undefined || !Number.isFinite(amount) ? undefined : amount * factor
+}
+
+/** A duration setting in milliseconds, with a default. */
+export const durationConfig = (name: string, defaultMillis: number): Config.Config<number> =>
+  Config.string(name).pipe(
+    Config.mapOrFail((text) => {
+      const millis = parseDurationMillis(text)
+      return millis === undefined
+        ? Either.left(ConfigError.InvalidData([], `${name}: "${text}" is not a duration (examples: 500ms, 5s, 2m)`))
+        : Either.right(millis)
+    }),
+    Config.withDefault(defaultMillis)
+  )
+
+// ---------------------------------------------------------------------------------------------
+// In-flight tracking and graceful drain
+// ---------------------------------------------------------------------------------------------
+
+export interface Tracker {
+  inFlight: number
+  draining: boolean
+  readonly responses: Set<Http.ServerResponse>
+  onResponseClosed: (() => void) | undefined
+}
+
+/** Counts requests from arrival until their response is finished or their connection is gone. */
+export const trackRequests = (server: Http.Server): Tracker => {
+  const tracker: Tracker = { inFlight: 0, draining: false, responses: new Set(), onResponseClosed: undefined }
+  server.on("request", (_req: Http.IncomingMessage, res: Http.ServerResponse) => {
+    tracker.inFlight++
+    tracker.responses.add(res)
+    // While draining, every answer closes its connection so clients reconnect elsewhere.
+    if (tracker.draining) res.setHeader("connection", "close")
+    res.once("close", () => {
+      tracker.inFlight--
+      tracker.responses.delete(res)
+      tracker.onResponseClosed?.()
+    })
+  })
+  return tracker
+}
+
+/**
+ * Graceful shutdown: stop accepting, close idle keep-alive connections, let in-flight requests
+ * finish (their responses carry `Connection: close`), and after `graceMillis` cut what is left.
+ */
+export const drain = (server: Http.Server, tracker: Tracker, graceMillis: number): Effect.Effect<void> =>
+  Effect.async<void>((resume) => {
+    tracker.draining = true
+    for (const res of tracker.responses) {
+      if (!res.headersSent) res.setHeader("connection", "close")
+    }
+    let finished = false
+    const finish = () => {
+      if (finished) return
+      finished = true
+      clearTimeout(timer)
+      tracker.onResponseClosed = undefined
+      server.closeAllConnections()
+      resume(Effect.void)
+    }
+    const timer = setTimeout(finish, graceMillis)
+    tracker.onResponseClosed = () => server.closeIdleConnections()
+    if (!server.listening) return finish()
+    server.close(finish)
+    server.closeIdleConnections()
+  })
+
+// ---------------------------------------------------------------------------------------------
+// Forwarding
+// ---------------------------------------------------------------------------------------------
+
+/** The upstream did not send a response head in time. */
+export class UpstreamTimeout extends Data.TaggedError("UpstreamTimeout")<{ readonly millis: number }> {}
+
+/** Path and query of the request target; absolute-form targets (`http://h/p?q`) keep only `/p?q`. */
+const targetPath = (url: string): string => {
+  if (url.startsWith("/")) return url
+  if (URL.canParse(url)) {
+    const parsed = new URL(url)
+    return parsed.pathname + parsed.search
+  }
+  return "/"
+}
+
+const NO_BODY_STATUS = (status: number) => status === 204 || status === 304 || (status >= 100 && status < 200)
+
+/** The app: every request is forwarded through `client`; failures of the upstream become 502 / 504. */
+export const makeApp = (
+  client: HttpClient.HttpClient,
+  resolved: Resolved
+): HttpApp.Default => {
+  // Spans cost allocations on every hit; they are opt-in.
+  const upstreamClient = resolved.tracing ? client : HttpClient.withTracerDisabledWhen(client, () => true)
+  const upstreamBase = resolved.origin + resolved.basePath
+  return Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+    const source = NodeHttpServerRequest.toIncomingMessage(request)
+    const incoming = source.headers
+    const headers = stripHopByHop(incoming, REQUEST_DROP)
+    headers["via"] = appendVia(headers["via"], source.httpVersion, resolved.via)
+    const forwardedFor = appendForwardedFor(headers["x-forwarded-for"], source.socket.remoteAddress)
+    if (forwardedFor !== undefined) headers["x-forwarded-for"] = forwardedFor
+    headers["x-forwarded-proto"] = "http"
+    if (incoming.host !== undefined) headers["x-forwarded-host"] = incoming.host
+
+    const contentLength = incoming["content-length"]
+    const hasBody = incoming["transfer-encoding"] !== undefined ||
+      (contentLength !== undefined && contentLength !== "0")
+    // The Node request is handed to the upstream client as is: it streams up with back-pressure.
+    const body = hasBody
+      ? HttpBody.raw(source, {
+        contentType: incoming["content-type"],
+        contentLength: contentLength === undefined ? undefined : Number(contentLength)
+      })
+      : HttpBody.empty
+    const method = request.method
+    const upstreamRequest = HttpClientRequest.make(method)(upstreamBase + targetPath(request.url)).pipe(
+      HttpClientRequest.setHeaders(headers),
+      HttpClientRequest.setBody(body)
+    )
+    return upstreamClient.execute(upstreamRequest).pipe(
+      Effect.timeoutFail({
+        duration: resolved.upstreamTimeoutMillis,
+        onTimeout: () => new UpstreamTimeout({ millis: resolved.upstreamTimeoutMillis })
+      }),
+      // Server apps run uninterruptibly; waiting on the upstream must yield to the timeout and to
+      // a client that goes away (both abort the upstream request).
+      Effect.interruptible,
+      Effect.map((response) => toServerResponse(request, response, method, resolved)),
+      Effect.catchAll((error) => Effect.succeed(errorResponse(error, resolved)))
+    )
+  })
+}
+
+const toServerResponse = (
+  request: HttpServerRequest.HttpServerRequest,
+  response: HttpClientResponse.HttpClientResponse,
+  method: string,
+  resolved: Resolved
+): HttpServerResponse.HttpServerResponse => {
+  const upstreamHeaders = response.headers
+  const headers = stripHopByHop(upstreamHeaders)
+  headers["via"] = appendVia(upstreamHeaders["via"], "1.1", resolved.via)
+  const setCookie = headers["set-cookie"] !== undefined
+  if (setCookie) delete headers["set-cookie"]
+  const options = setCookie
+    ? { status: response.status, headers, cookies: response.cookies }
+    : { status: response.status, headers }
+  if (method === "HEAD" || NO_BODY_STATUS(response.status)) {
+    return HttpServerResponse.empty(options)
+  }
+  const nodeResponse = NodeHttpServerRequest.toServerResponse(request)
+  // An upstream body that breaks mid-way must not look complete downstream: cut the connection.
+  const body = response.stream.pipe(
+    Stream.tapErrorCause(() => Effect.sync(() => nodeResponse.destroy()))
+  )
+  // An empty content type keeps the platform from inventing `application/octet-stream`.
+  return HttpServerResponse.setBody(
+    HttpServerResponse.empty(options),
+    HttpBody.stream(body, headers["content-type"] ?? "", undefined)
+  )
+}
+
+const errorResponse = (
+  error: HttpClientError.HttpClientError | UpstreamTimeout,
+  resolved: Resolved
+): HttpServerResponse.HttpServerResponse => {
+  const upstream = resolved.origin + resolved.basePath
+  let status: number
+  let proxyStatus: string
+  let text: string
+  switch (error._tag) {
+    case "UpstreamTimeout": {
+      status = 504
+      proxyStatus = "http_response_timeout"
+      text = `upstream ${upstream} did not answer within ${error.millis} ms`
+      break
+    }
+    case "RequestError": {
+      status = error.reason === "InvalidUrl" ? 400 : 502
+      proxyStatus = error.reason === "InvalidUrl" ? "http_request_error" : "destination_unavailable"
+      text = error.reason === "InvalidUrl"
+        ? `request target cannot be forwarded to ${upstream}`
+        : `upstream ${upstream} is unreachable (${describe(error.cause)})`
+      break
+    }
+    case "ResponseError": {
+      status = 502
+      proxyStatus = "http_protocol_error"
+      text = `upstream ${upstream} sent a broken response (${describe(error.cause)})`
+      break
+    }
+  }
+  return HttpServerResponse.text(`cachekit: ${text}\n`, {
+    status,
+    headers: {
+      "cache-control": "no-store",
+      via: `1.1 ${resolved.via}`,
+      // RFC 9209: which hop failed and why, for machines.
+      "proxy-status": `${resolved.via}; error=${proxyStatus}`
+    }
+  })
+}
+
+const describe = (cause: unknown): string => {
+  if (cause instanceof Error) {
+    const code = (cause as Error & { code?: unknown }).code
+    const inner = (cause as Error & { cause?: unknown }).cause
+    const message = cause.message !== "" ? cause.message : typeof code === "string" ? code : cause.name
+    return inner instanceof Error && inner.message !== "" && inner.message !== message
+      ? `${message}: ${inner.message}`
+      : message
+  }
+  return cause === undefined ? "unknown cause" : String(cause)
+}
