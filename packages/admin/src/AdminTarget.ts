@@ -5,8 +5,8 @@
  *
  * @since 0.1.0
  */
-import type { CacheBackend as CB, CacheEntry, CacheError, MemoryBackend, TieredCache } from "@cachekit/core"
-import { CacheBackend, TieredCache as TieredCacheModule } from "@cachekit/core"
+import type { Cache, CacheBackend as CB, CacheEntry, CacheError, MemoryBackend, TieredCache } from "@cachekit/core"
+import { Cache as CacheModule, CacheBackend, TieredCache as TieredCacheModule } from "@cachekit/core"
 import { Clock, Context, Data, Effect, Layer, Option } from "effect"
 
 /** Health of one backend or tier. */
@@ -352,4 +352,46 @@ export const layerFromTieredCache = (
   Layer.effect(
     AdminTargetTag,
     Effect.map(TieredCacheTag, (tiered) => fromTieredCache(tiered, options))
+  )
+
+/**
+ * Takes hits, misses and stale-served counts from the `Cache` service (what callers of the cache
+ * saw, including stale values served in the grace window) instead of the backend's raw reads, and
+ * sends key invalidations through `cache.delete`. Per-tier numbers stay the target's.
+ */
+export const withCacheStats = (target: AdminTarget, cache: Cache.Cache): AdminTarget => ({
+  ...target,
+  supports: (capability) => capability === "stats" || target.supports(capability),
+  stats: Effect.gen(function*() {
+    const counted = yield* cache.stats
+    const stored = target.supports("stats") ? Option.some(yield* target.stats) : Option.none<Stats>()
+    return {
+      hits: counted.hits,
+      misses: counted.misses,
+      hitRatio: hitRatio(counted.hits, counted.misses),
+      staleServed: counted.staleServed,
+      evictions: counted.evictions ?? Option.match(stored, { onNone: () => 0, onSome: (s) => s.evictions }),
+      entries: Option.match(stored, { onNone: () => 0, onSome: (s) => s.entries }),
+      bytes: Option.match(stored, { onNone: () => 0, onSome: (s) => s.bytes }),
+      tiers: Option.match(stored, { onNone: () => [], onSome: (s) => s.tiers })
+    }
+  }),
+  invalidateKeys: (keys) =>
+    Effect.mapError(
+      Effect.reduce(keys, 0, (n, key) => Effect.map(cache.delete(key), (removed) => removed ? n + 1 : n)),
+      failed("invalidating keys")
+    )
+})
+
+/** The `Cache` service over the `CacheBackendTag` it runs on: `withCacheStats(fromBackend(backend), cache)`. */
+export const layerFromCache = (
+  options?: { readonly hotKeys?: HotKeysSource | undefined }
+): Layer.Layer<AdminTargetTag, never, Cache.Cache | CacheBackend.CacheBackendTag> =>
+  Layer.effect(
+    AdminTargetTag,
+    Effect.gen(function*() {
+      const backend = yield* CacheBackend.CacheBackendTag
+      const cache = yield* CacheModule.Cache
+      return withCacheStats(fromBackend(backend, options), cache)
+    })
   )

@@ -1,6 +1,6 @@
 import { AdminApi, AdminTarget } from "@cachekit/admin"
 import type { CacheBackend, CacheEntry } from "@cachekit/core"
-import { MemoryBackend, TieredCache } from "@cachekit/core"
+import { Cache, CacheBackend as CacheBackendModule, MemoryBackend, TieredCache } from "@cachekit/core"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Layer, Option } from "effect"
 import type { Harness, HarnessOptions } from "./fixtures.js"
@@ -574,6 +574,27 @@ describe("adapters", () => {
       expect(yield* exists(l1, "both")).toBe(false)
       expect(yield* exists(l2, "deep")).toBe(false)
       expect(target.supports("hotKeys")).toBe(true)
+    }))
+
+  it.scopedLive("a Cache target takes hits, misses and stale-served counts from the Cache service", () =>
+    Effect.gen(function*() {
+      const backend = yield* MemoryBackend.make({ name: "mem" })
+      const cache = yield* Cache.make({ name: "admin-test", ttl: "1 minute" }).pipe(
+        Effect.provideService(CacheBackendModule.CacheBackendTag, backend)
+      )
+      yield* cache.set("a", new Uint8Array([1]))
+      yield* cache.get("a")
+      yield* cache.get("a")
+      yield* cache.get("b")
+      const target = AdminTarget.withCacheStats(AdminTarget.fromBackend(backend), cache)
+      const stats = yield* target.stats
+      expect(stats.hits).toBe(2)
+      expect(stats.misses).toBe(1)
+      expect(stats.staleServed).toBe(0)
+      expect(stats.entries).toBe(1)
+      expect(stats.tiers.map((t) => t.name)).toEqual(["mem"])
+      expect(yield* target.invalidateKeys(["a", "zzz"])).toBe(1)
+      expect(Option.isNone(yield* cache.get("a"))).toBe(true)
     }))
 
   it.scopedLive("mount sends the prefix to the admin API and everything else to the app", () =>
