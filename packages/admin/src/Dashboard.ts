@@ -64,7 +64,7 @@ const page = `<!DOCTYPE html>
     </div>
   </section>
   <section>
-    <h2>Hit ratio over time</h2>
+    <h2>Hit ratio over time <small id="chart-note">(per poll interval)</small></h2>
     <canvas id="chart" width="600" height="160"></canvas>
   </section>
   <section>
@@ -124,15 +124,29 @@ const page = `<!DOCTYPE html>
 
   function draw() {
     const canvas = $("chart"); const ctx = canvas.getContext("2d");
-    const w = canvas.width, h = canvas.height;
+    // draw at the displayed size so text and lines are not stretched
+    if (canvas.clientWidth > 0 && canvas.width !== canvas.clientWidth) canvas.width = canvas.clientWidth;
+    const w = canvas.width, h = canvas.height, left = 34, top = 6, bottom = 6;
+    const plotH = h - top - bottom, plotW = w - left - 4;
     ctx.clearRect(0, 0, w, h);
+    ctx.font = "11px system-ui, sans-serif"; ctx.fillStyle = "#94a3b8"; ctx.textBaseline = "middle";
     ctx.strokeStyle = "#334155"; ctx.lineWidth = 1;
-    for (const y of [0.25, 0.5, 0.75]) { ctx.beginPath(); ctx.moveTo(0, h - y * h); ctx.lineTo(w, h - y * h); ctx.stroke(); }
+    for (const y of [0, 0.5, 1]) {
+      const py = top + plotH - y * plotH;
+      ctx.beginPath(); ctx.moveTo(left, py); ctx.lineTo(w, py); ctx.stroke();
+      ctx.fillText((y * 100) + "%", 2, py);
+    }
     if (history.length === 0) return;
-    ctx.strokeStyle = "#38bdf8"; ctx.lineWidth = 2; ctx.beginPath();
-    const step = w / Math.max(1, 119);
-    history.forEach((r, i) => { const x = i * step, y = h - r * (h - 4) - 2; if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y); });
-    ctx.stroke();
+    // x spans the points we have (up to 120), so the line fills the chart from the first poll on
+    const step = history.length > 1 ? plotW / (history.length - 1) : 0;
+    const point = (r, i) => [left + i * step, top + plotH - r * plotH];
+    ctx.beginPath();
+    history.forEach((r, i) => { const [x, y] = point(r, i); if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y); });
+    if (history.length === 1) { const [x, y] = point(history[0], 0); ctx.lineTo(x + plotW, y); }
+    ctx.strokeStyle = "#38bdf8"; ctx.lineWidth = 2; ctx.stroke();
+    ctx.lineTo(history.length === 1 ? left + plotW : left + (history.length - 1) * step, top + plotH);
+    ctx.lineTo(left, top + plotH); ctx.closePath();
+    ctx.fillStyle = "rgba(56, 189, 248, 0.15)"; ctx.fill();
   }
 
   async function refresh() {
@@ -178,7 +192,7 @@ const page = `<!DOCTYPE html>
   $("connect").addEventListener("click", () => {
     token = $("token").value.trim();
     $("token").value = "";
-    previous = undefined; history.length = 0;
+    previous = undefined;
     if (timer !== undefined) clearInterval(timer);
     refresh();
     timer = setInterval(refresh, POLL_MS);
