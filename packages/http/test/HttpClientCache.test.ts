@@ -197,6 +197,28 @@ describe("HttpClientCache", () => {
       expect(yield* calls("/big")).toBe(2)
     }).pipe(Effect.provide(cachedClient())))
 
+  it.scoped("leaves no entry in a streaming backend when the caller stops reading early", () =>
+    Effect.gen(function*() {
+      yield* route("/big", () =>
+        Effect.succeed(
+          HttpServerResponse.stream(bytes(4 * 1024 * 1024), { headers: { "cache-control": "max-age=60" } })
+        ))
+      const origin = yield* OriginTag
+      const client = yield* HttpClient.HttpClient
+      const response = yield* client.get(origin.url("/big"))
+      yield* response.stream.pipe(Stream.take(3), Stream.runDrain)
+      expect((yield* FileStoreTag).keys()).toEqual([])
+      const whole = yield* Effect.flatMap(client.get(origin.url("/big")), (r) =>
+        r.stream.pipe(Stream.runFold(0, (n, c) => n + c.byteLength)))
+      expect(whole).toBe(4 * 1024 * 1024)
+      expect((yield* FileStoreTag).keys()).toEqual([`GET ${origin.url("/big")}`])
+    }).pipe(Effect.provide(
+      HttpClientCache.layer().pipe(
+        Layer.provideMerge(Layer.merge(NodeHttpClient.layerUndici, FileStreamingBackend)),
+        Layer.merge(OriginLive)
+      )
+    )))
+
   it.scoped("leaves no entry when the upstream fails in the middle of the body", () =>
     Effect.gen(function*() {
       // Half the body, then the origin's socket dies (a clean end would look like a whole body).
@@ -368,6 +390,28 @@ describe("HttpClientCache", () => {
       expect(r.body).toBe("")
       expect(r.headers["etag"]).toBe("\"abc\"")
       expect(yield* calls("/cond")).toBe(1)
+    }).pipe(Effect.provide(cachedClient())))
+
+  it.scoped("answers If-Modified-Since from a fresh entry with 304 when not modified since", () =>
+    Effect.gen(function*() {
+      const lastModified = "Tue, 01 Sep 2026 10:00:00 GMT"
+      yield* route("/ims", () => text("body", { "cache-control": "max-age=60", "last-modified": lastModified }))
+      yield* fetchText("/ims")
+      const same = yield* fetchText("/ims", { headers: { "if-modified-since": lastModified } })
+      const older = yield* fetchText("/ims", { headers: { "if-modified-since": "Mon, 31 Aug 2026 10:00:00 GMT" } })
+      expect(same.status).toBe(304)
+      expect(older.status).toBe(200)
+      expect(older.body).toBe("body")
+      expect(yield* calls("/ims")).toBe(1)
+    }).pipe(Effect.provide(cachedClient())))
+
+  it.scoped("passes Range requests through to the origin", () =>
+    Effect.gen(function*() {
+      yield* route("/range", ({ n }) => text(`body ${n}`, { "cache-control": "max-age=60" }))
+      yield* fetchText("/range")
+      const ranged = yield* fetchText("/range", { headers: { range: "bytes=0-1" } })
+      expect(ranged.headers["cache-status"]).toContain("fwd=bypass")
+      expect(yield* calls("/range")).toBe(2)
     }).pipe(Effect.provide(cachedClient())))
 
   describe("modes and options", () => {

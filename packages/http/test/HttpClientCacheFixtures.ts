@@ -112,11 +112,13 @@ export const FileStreamingBackend: Layer.Layer<CacheBackend.CacheBackendTag | Fi
           Effect.gen(function*() {
             const file = `${dir}/${++counter}`
             let size = 0
-            yield* body.pipe(
-              Stream.tap((chunk) => Effect.sync(() => (size += chunk.byteLength))),
-              Stream.run(fs.sink(file)),
-              Effect.catchTag("SystemError", "BadArgument", Effect.die)
-            )
+            yield* Effect.scoped(Effect.gen(function*() {
+              const handle = yield* Effect.orDie(fs.open(file, { flag: "w" }))
+              yield* Stream.runForEach(body, (chunk) => {
+                size += chunk.byteLength
+                return Effect.orDie(handle.writeAll(chunk))
+              })
+            }))
             const entry: CacheEntry.CacheEntry = { ...template, value: new Uint8Array(0), size }
             entries.set(key, { entry, file })
             return entry

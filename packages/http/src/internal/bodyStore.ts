@@ -105,6 +105,9 @@ const streamingWriter = (
           Effect.zipRight(drain)
         )
       ),
+      // The writer is built inside an acquire (uninterruptible); the store itself must stay
+      // interruptible or `abort` would wait forever for a body that never ends.
+      Effect.interruptible,
       Effect.forkIn(scope)
     )
     let done = false

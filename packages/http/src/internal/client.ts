@@ -294,9 +294,7 @@ export const make = (
       cacheStatusValue: string,
       x: XCache
     ) => {
-      const ifNoneMatch = snapshot.headers["if-none-match"]
-      const etag = found.policy.responseHeaders["etag"]
-      if (ifNoneMatch !== undefined && etag !== undefined && etagMatches(ifNoneMatch, etag)) {
+      if (found.policy.status === 200 && notModified(snapshot.headers, found.policy.responseHeaders)) {
         return respond(request, 304, notModifiedHeaders(headers), Stream.empty, cacheStatusValue, x)
       }
       const body = snapshot.method === "HEAD" ? Stream.empty : found.body
@@ -575,8 +573,9 @@ export const make = (
         }
         const mode = options.mode?.(request) ?? "default"
         const rules = Policy.modeRules(mode)
-        if ((!rules.read && mode === "no-store") || request.headers["range"] !== undefined) {
-          // Range requests pass through: partial responses are not assembled from the cache here.
+        if ((!rules.read && mode === "no-store") || bypassesCache(request.headers)) {
+          // Range and state-changing preconditions pass through: partial responses are not
+          // assembled from the cache here, and If-Match / If-Unmodified-Since are the origin's call.
           const response = yield* client.execute(request)
           return passThrough(request, response, cacheStatus({ hit: false, fwd: "bypass" }), "BYPASS")
         }
@@ -672,8 +671,27 @@ export const make = (
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
+const bypassesCache = (headers: Policy.Headers): boolean =>
+  headers["range"] !== undefined || headers["if-match"] !== undefined ||
+  headers["if-unmodified-since"] !== undefined || headers["if-range"] !== undefined
+
 const bytesBody = (entry: CacheEntry.CacheEntry): Stream.Stream<Uint8Array> =>
   entry.size === 0 ? Stream.empty : Stream.succeed(entry.value)
+
+/**
+ * RFC 9110 §13.2.2: the caller's own validators against a stored 200. If-None-Match (weak
+ * comparison, §13.1.2) wins; If-Modified-Since counts only without it.
+ */
+const notModified = (request: Policy.Headers, stored: Policy.Headers): boolean => {
+  const ifNoneMatch = request["if-none-match"]
+  if (ifNoneMatch !== undefined) {
+    const etag = stored["etag"]
+    return etag !== undefined && etagMatches(ifNoneMatch, etag)
+  }
+  const since = Policy.parseHttpDate(request["if-modified-since"])
+  const lastModified = Policy.parseHttpDate(stored["last-modified"])
+  return since !== undefined && lastModified !== undefined && lastModified <= since
+}
 
 /** RFC 9110 §13.1.2 If-None-Match uses the weak comparison. */
 const etagMatches = (ifNoneMatch: string, etag: string): boolean => {
