@@ -322,6 +322,24 @@ export const stripTargeted: (headers: Headers, names?: ReadonlyArray<string>) =>
 export const encodeStoredPolicy = (policy: StoredPolicy): string => JSON.stringify(policy)
 
 const decodeJson = Schema.decodeUnknownOption(Schema.parseJson(StoredPolicy))
+// Hits decode the same JSON again and again: remember recent results (policies are immutable, so sharing is
+// safe, and a shared object also keeps the per-policy memo of parsed headers warm).
+const recentlyDecoded = new Map<string, StoredPolicy>()
+const RECENTLY_DECODED_MAX = 512
 
-/** Decodes a stored policy; `undefined` for malformed JSON or another version (treat as a miss). */
-export const decodeStoredPolicy = (json: string): StoredPolicy | undefined => Option.getOrUndefined(decodeJson(json))
+/**
+ * Decodes a stored policy; `undefined` for malformed JSON or another version (treat as a miss). Recent results
+ * are reused, so a hit does not pay for a Schema decode.
+ */
+export const decodeStoredPolicy = (json: string): StoredPolicy | undefined => {
+  const recent = recentlyDecoded.get(json)
+  if (recent !== undefined) return recent
+  const decoded = Option.getOrUndefined(decodeJson(json))
+  if (decoded !== undefined) {
+    if (recentlyDecoded.size >= RECENTLY_DECODED_MAX) {
+      recentlyDecoded.delete(recentlyDecoded.keys().next().value!)
+    }
+    recentlyDecoded.set(json, decoded)
+  }
+  return decoded
+}

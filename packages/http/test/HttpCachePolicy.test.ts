@@ -335,6 +335,15 @@ describe("RFC 9111 §4.2.3 calculating age", () => {
     expect(hit._tag === "Fresh" && hit.headers.age).toBe("4")
   })
 
+  it("§5.1 the Age advances between hits on the same stored policy", () => {
+    const stored = cached({ "cache-control": "max-age=60" })
+    const ages = [1.2, 1.7, 2.5, 1.1].map((s) => {
+      const hit = lookupAfter(stored, s, SHARED)
+      return hit._tag === "Fresh" ? hit.headers.age : undefined
+    })
+    expect(ages).toEqual(["1", "1", "2", "1"])
+  })
+
   it("§5.1 an invalid Age is ignored and a repeated Age takes the largest value", () => {
     expect(HttpCachePolicy.currentAge(cached({ age: "abc" }), T0)).toBe(0)
     expect(HttpCachePolicy.currentAge(cached({ age: "-5" }), T0)).toBe(0)

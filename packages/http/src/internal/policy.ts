@@ -264,6 +264,9 @@ interface Derived {
   readonly lifetimeMs: number
   /** corrected_initial_age, in ms. */
   readonly initialAgeMs: number
+  /** The replay headers with `Age` for the last age (in whole seconds) served: hits within one second share it. */
+  lastAge: number
+  lastHeaders: Headers
 }
 
 // Lookups on a hit recompute nothing from headers when the same policy object is seen again.
@@ -296,7 +299,14 @@ const derive = (stored: StoredPolicy, options: PolicyOptions): Derived => {
   }
   if (options.maxTtlMillis !== undefined) lifetimeMs = Math.min(lifetimeMs, Math.max(0, options.maxTtlMillis))
 
-  const derived: Derived = { options, cc, lifetimeMs, initialAgeMs: correctedInitialAge(stored, date) }
+  const derived: Derived = {
+    options,
+    cc,
+    lifetimeMs,
+    initialAgeMs: correctedInitialAge(stored, date),
+    lastAge: -1,
+    lastHeaders: headers
+  }
   derivedCache.set(stored, derived)
   return derived
 }
@@ -338,10 +348,15 @@ export const retainUntil = (stored: StoredPolicy, options: PolicyOptions): numbe
   return expiresAt + Math.max(staleWindow, hasValidator ? DEFAULT_REVALIDATION_WINDOW_MILLIS : 0)
 }
 
-const withAge = (headers: Headers, ageMs: number): Headers => ({
-  ...headers,
-  age: String(Math.min(Math.floor(ageMs / 1000), MAX_DELTA_SECONDS))
-})
+/** §5.1: the replay headers with the current Age; reuses the last record built for the same whole second. */
+const withAge = (headers: Headers, derived: Derived, ageMs: number): Headers => {
+  const seconds = Math.min(Math.floor(ageMs / 1000), MAX_DELTA_SECONDS)
+  if (seconds !== derived.lastAge) {
+    derived.lastHeaders = { ...headers, age: String(seconds) }
+    derived.lastAge = seconds
+  }
+  return derived.lastHeaders
+}
 
 // ---------------------------------------------------------------------------------------------
 // Lookup (§4)
@@ -365,7 +380,7 @@ export const lookup = (
   const age = ageMs / 1000
   const remainingMs = d.lifetimeMs - ageMs
   const ttl = remainingMs / 1000
-  const headers = withAge(stored.responseHeaders, ageMs)
+  const headers = withAge(stored.responseHeaders, d, ageMs)
 
   if (!modeRules(mode).read) {
     return { _tag: "MustRevalidate", age, ttl, headers, conditional: EMPTY_HEADERS, serveIfErrorUntil: 0 }

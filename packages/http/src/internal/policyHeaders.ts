@@ -112,6 +112,9 @@ const CASE_INSENSITIVE: ReadonlySet<string> = new Set([
  */
 export const normaliseVaryValue = (name: string, value: string | undefined): string | null => {
   if (value === undefined) return null
-  const v = value.trim().replace(/[ \t]+/g, " ").replace(/ ?([,;=]) ?/g, "$1")
+  // Fast path for the common value without whitespace (e.g. "gzip,br", "en-US").
+  const v = value.indexOf(" ") === -1 && value.indexOf("\t") === -1
+    ? value
+    : value.trim().replace(/[ \t]+/g, " ").replace(/ ?([,;=]) ?/g, "$1")
   return CASE_INSENSITIVE.has(name) ? v.toLowerCase() : v
 }
