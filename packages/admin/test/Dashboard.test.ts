@@ -7,7 +7,7 @@ import { Dashboard } from "@cachekit/admin"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { existsSync } from "node:fs"
-import type { Browser } from "playwright-core"
+import type { Browser, Page } from "playwright-core"
 import { ADMIN_TOKEN, exists, harness, HarnessTag, READ_TOKEN, seed } from "./fixtures.js"
 
 const CHROMIUM = process.env.CACHEKIT_CHROMIUM ?? "/usr/bin/chromium"
@@ -43,8 +43,11 @@ const launch = Effect.acquireRelease(
   (browser: Browser) => Effect.promise(() => browser.close())
 )
 
-const text = (page: import("playwright-core").Page, selector: string) =>
-  Effect.promise(() => page.locator(selector).innerText())
+const text = (page: Page, selector: string) => Effect.promise(() => page.locator(selector).innerText())
+
+/** Page-side expressions are strings: the test project has no DOM types. */
+const textOf = (id: string) => `(document.getElementById(${JSON.stringify(id)})?.textContent ?? "")`
+const waitFor = (page: Page, expression: string) => Effect.promise(() => page.waitForFunction(expression))
 
 describe("dashboard page", () => {
   it("bakes the mount prefix into the page safely", () => {
@@ -73,60 +76,44 @@ describe("dashboard page", () => {
           // the read token is enough to watch
           yield* Effect.promise(() => page.fill("#token", READ_TOKEN))
           yield* Effect.promise(() => page.click("#connect"))
-          yield* Effect.promise(() => page.waitForFunction(() => document.getElementById("hits")?.textContent === "5"))
+          yield* waitFor(page, `${textOf("hits")} === "5"`)
           expect(yield* text(page, "#misses")).toBe("0")
           expect(yield* text(page, "#entries")).toBe("2")
-          yield* Effect.promise(() =>
-            page.waitForFunction(() => (document.getElementById("hot-keys")?.textContent ?? "").includes("user:1"))
-          )
+          yield* waitFor(page, `${textOf("hot-keys")}.includes(${JSON.stringify("user:1")})`)
           expect(yield* text(page, "#tags")).toContain("users")
           expect(yield* text(page, "#tiers")).toContain(h.backend.name)
 
           // traffic moves the numbers
           for (let i = 0; i < 7; i++) yield* h.backend.get("user:2")
           yield* h.backend.get("nobody")
-          yield* Effect.promise(() => page.waitForFunction(() => document.getElementById("hits")?.textContent === "12"))
-          yield* Effect.promise(() =>
-            page.waitForFunction(() => document.getElementById("misses")?.textContent === "1")
-          )
+          yield* waitFor(page, `${textOf("hits")} === "12"`)
+          yield* waitFor(page, `${textOf("misses")} === "1"`)
           expect(yield* text(page, "#hit-ratio")).toBe("92.3%")
 
           // key lookup
           yield* Effect.promise(() => page.fill("#lookup-key", "user:1"))
           yield* Effect.promise(() => page.click("#lookup"))
-          yield* Effect.promise(() =>
-            page.waitForFunction(() =>
-              (document.getElementById("lookup-result")?.textContent ?? "").includes("\"size\"")
-            )
-          )
+          yield* waitFor(page, `${textOf("lookup-result")}.includes(${JSON.stringify("\"size\"")})`)
           expect(yield* text(page, "#lookup-result")).toContain("\"users\"")
 
           // the read token cannot invalidate
           yield* Effect.promise(() => page.fill("#invalidate-key", "user:1"))
           yield* Effect.promise(() => page.click("#invalidate"))
-          yield* Effect.promise(() =>
-            page.waitForFunction(() =>
-              (document.getElementById("invalidate-result")?.textContent ?? "").includes("needs the admin token")
-            )
-          )
+          yield* waitFor(page, `${textOf("invalidate-result")}.includes(${JSON.stringify("needs the admin token")})`)
           expect(yield* exists(h.backend, "user:1")).toBe(true)
 
           // with the admin token the key goes
           yield* Effect.promise(() => page.fill("#token", ADMIN_TOKEN))
           yield* Effect.promise(() => page.click("#connect"))
           yield* Effect.promise(() => page.click("#invalidate"))
-          yield* Effect.promise(() =>
-            page.waitForFunction(() => document.getElementById("invalidate-result")?.textContent === "removed 1")
-          )
+          yield* waitFor(page, `${textOf("invalidate-result")} === "removed 1"`)
           expect(yield* exists(h.backend, "user:1")).toBe(false)
-          yield* Effect.promise(() =>
-            page.waitForFunction(() => document.getElementById("entries")?.textContent === "1")
-          )
+          yield* waitFor(page, `${textOf("entries")} === "1"`)
 
           // the token is kept in memory only
           const stored = yield* Effect.promise(() =>
-            page.evaluate(() =>
-              JSON.stringify([localStorage.length, sessionStorage.length, document.cookie, location.href])
+            page.evaluate<string>(
+              "JSON.stringify([localStorage.length, sessionStorage.length, document.cookie, location.href])"
             )
           )
           expect(stored).not.toContain(ADMIN_TOKEN)
