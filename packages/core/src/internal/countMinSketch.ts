@@ -49,6 +49,10 @@ export class CountMinSketch {
   /** Increments between two agings. */
   readonly sampleSize: number
   private additions = 0
+  /** Bloom filter that absorbs each key's first occurrence per sample (empty array = no doorkeeper). */
+  private readonly doorkeeper: Uint32Array
+  private readonly doorkeeperMask: number
+  private readonly conservative: boolean
   /** How many times the counters were halved (for tests and stats). */
   resets = 0
 
@@ -56,13 +60,24 @@ export class CountMinSketch {
    * @param expectedEntries the cache's maximum entry count; the sketch keeps ~16 counters per entry.
    * @param sampleFactor agings happen every `sampleFactor * expectedEntries` increments (Caffeine uses 10).
    */
-  constructor(expectedEntries: number, sampleFactor = 10) {
-    const entries = Math.max(16, Math.min(Math.floor(expectedEntries), 1 << 26))
-    // 2 words (16 counters) per expected entry, rounded to a power of two for masking.
-    const words = ceilingPowerOfTwo(entries * 2)
+  constructor(expectedEntries: number, options: {
+    readonly sampleFactor?: number | undefined
+    readonly countersPerEntry?: number | undefined
+    readonly doorkeeper?: boolean | undefined
+    readonly conservative?: boolean | undefined
+  } = {}) {
+    this.conservative = options.conservative ?? false
+    const entries = Math.max(16, Math.min(Math.floor(expectedEntries), 1 << 24))
+    // counters per expected entry (8 per word), rounded to a power of two for masking.
+    // At most 2^22 words (16 MiB) whatever the cache size.
+    const words = Math.min(1 << 22, ceilingPowerOfTwo(Math.ceil((entries * (options.countersPerEntry ?? 16)) / 8)))
     this.table = new Uint32Array(words)
     this.wordMask = words - 1
-    this.sampleSize = Math.max(16, Math.floor(sampleFactor * entries))
+    this.sampleSize = Math.max(16, Math.floor((options.sampleFactor ?? 10) * entries))
+    // About 8 bits per sampled key: false positives stay low while a sample fills it.
+    const doorkeeperWords = options.doorkeeper === true ? ceilingPowerOfTwo(Math.ceil(this.sampleSize / 4)) : 0
+    this.doorkeeper = new Uint32Array(doorkeeperWords)
+    this.doorkeeperMask = doorkeeperWords - 1
   }
 
   /** The estimated number of increments of `hash` since aging last halved it (0..15). */
@@ -76,15 +91,67 @@ export class CountMinSketch {
     h = rowHash(hash, SEED_2)
     min = Math.min(min, (t[(h >>> 3) & m]! >>> ((h & 7) << 2)) & 15)
     h = rowHash(hash, SEED_3)
-    return Math.min(min, (t[(h >>> 3) & m]! >>> ((h & 7) << 2)) & 15)
+    min = Math.min(min, (t[(h >>> 3) & m]! >>> ((h & 7) << 2)) & 15)
+    return this.doorkeeper.length === 0 || min === 15 ? min : min + (this.inDoorkeeper(hash) ? 1 : 0)
+  }
+
+  private inDoorkeeper(hash: number): boolean {
+    const d = this.doorkeeper
+    const h1 = mix32(hash ^ SEED_0)
+    const h2 = mix32(hash ^ SEED_2)
+    return ((d[(h1 >>> 5) & this.doorkeeperMask]! >>> (h1 & 31)) & 1) === 1 &&
+      ((d[(h2 >>> 5) & this.doorkeeperMask]! >>> (h2 & 31)) & 1) === 1
+  }
+
+  /** Sets the key's doorkeeper bits; returns whether they were all set already. */
+  private passDoorkeeper(hash: number): boolean {
+    const d = this.doorkeeper
+    const h1 = mix32(hash ^ SEED_0)
+    const h2 = mix32(hash ^ SEED_2)
+    const i1 = (h1 >>> 5) & this.doorkeeperMask
+    const i2 = (h2 >>> 5) & this.doorkeeperMask
+    const b1 = 1 << (h1 & 31)
+    const b2 = 1 << (h2 & 31)
+    const seen = (d[i1]! & b1) !== 0 && (d[i2]! & b2) !== 0
+    d[i1] = d[i1]! | b1
+    d[i2] = d[i2]! | b2
+    return seen
   }
 
   /** Counts one occurrence of `hash`; ages the sketch when the sample is full. */
   increment(hash: number): void {
-    const added = this.incrementAt(rowHash(hash, SEED_0)) |
-      this.incrementAt(rowHash(hash, SEED_1)) |
-      this.incrementAt(rowHash(hash, SEED_2)) |
-      this.incrementAt(rowHash(hash, SEED_3))
+    if (this.doorkeeper.length !== 0 && !this.passDoorkeeper(hash)) {
+      // first sighting in this sample: only the doorkeeper remembers it
+      if (++this.additions >= this.sampleSize) this.reset()
+      return
+    }
+    let added: number
+    if (this.conservative) {
+      // Conservative update: only the counters at the current minimum grow, so collisions inflate
+      // estimates much less for the same width.
+      const t = this.table
+      const m = this.wordMask
+      const h0 = rowHash(hash, SEED_0)
+      const h1 = rowHash(hash, SEED_1)
+      const h2 = rowHash(hash, SEED_2)
+      const h3 = rowHash(hash, SEED_3)
+      const c0 = (t[(h0 >>> 3) & m]! >>> ((h0 & 7) << 2)) & 15
+      const c1 = (t[(h1 >>> 3) & m]! >>> ((h1 & 7) << 2)) & 15
+      const c2 = (t[(h2 >>> 3) & m]! >>> ((h2 & 7) << 2)) & 15
+      const c3 = (t[(h3 >>> 3) & m]! >>> ((h3 & 7) << 2)) & 15
+      const min = Math.min(c0, c1, c2, c3)
+      if (min === 15) return
+      if (c0 === min) this.incrementAt(h0)
+      if (c1 === min) this.incrementAt(h1)
+      if (c2 === min) this.incrementAt(h2)
+      if (c3 === min) this.incrementAt(h3)
+      added = 1
+    } else {
+      added = this.incrementAt(rowHash(hash, SEED_0)) |
+        this.incrementAt(rowHash(hash, SEED_1)) |
+        this.incrementAt(rowHash(hash, SEED_2)) |
+        this.incrementAt(rowHash(hash, SEED_3))
+    }
     if (added !== 0 && ++this.additions >= this.sampleSize) this.reset()
   }
 
@@ -108,11 +175,13 @@ export class CountMinSketch {
     }
     // Four rows per key, so four odd counters lose about one increment in total.
     this.additions = Math.max(0, (this.additions - (odd >>> 2)) >>> 1)
+    this.doorkeeper.fill(0)
     this.resets++
   }
 
   clear(): void {
     this.table.fill(0)
+    this.doorkeeper.fill(0)
     this.additions = 0
   }
 }
