@@ -291,6 +291,13 @@ export const revalidated: (
 ) => Revalidation = internal.revalidated
 
 /**
+ * RFC 9111 §4.3.2: may a client's own conditional request (If-None-Match, else If-Modified-Since) be answered
+ * with 304 from the response the cache is about to serve? Pass the headers of a `Fresh` (or validated)
+ * lookup. Returns the 304's headers (RFC 9110 §15.4.5 fields plus Age), or `undefined`: send the full response.
+ */
+export const notModified: (headers: Headers, req: RequestSnapshot) => Headers | undefined = internal.notModified
+
+/**
  * RFC 9111 §5.2.1.7 + modes: must this request be answered from the cache only (504 on a miss or when
  * the stored response would need the origin)?
  */

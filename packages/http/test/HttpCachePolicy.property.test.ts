@@ -98,7 +98,9 @@ const requestHeaders = fc.record({
   "accept-encoding": optional(fc.constantFrom("gzip", "gzip, br", "GZIP,br", "br")),
   "accept-language": optional(fc.constantFrom("en", "fr", "")),
   "x-tenant": optional(fc.constantFrom("a", "A", "b")),
-  authorization: optional(fc.constant("Bearer x"))
+  authorization: optional(fc.constant("Bearer x")),
+  "if-none-match": optional(fc.oneof(fc.constantFrom("*", "\"v1\"", "W/\"v1\", \"v2\"", "\"a,b\""), junk)),
+  "if-modified-since": optional(httpDate)
 }).map(defined)
 
 function defined(record: Record<string, string | undefined>): Record<string, string> {
@@ -195,6 +197,10 @@ describe("header fuzzing (property tests)", () => {
           HttpCachePolicy.cacheStatus(u, { hit: false, fwd: "miss", detail: m, key: u, ttl: elapsed })
           HttpCachePolicy.varyKey(resHeaders.vary, req)
           HttpCachePolicy.stripHopByHop(resHeaders)
+          if (result._tag !== "VaryMismatch") {
+            const notModified = HttpCachePolicy.notModified(result.headers, req)
+            if (notModified !== undefined) expect(notModified["content-length"]).toBeUndefined()
+          }
         }
       ),
       { numRuns: 400 }

@@ -742,6 +742,60 @@ describe("RFC 9111 §4.3 validation", () => {
   })
 })
 
+describe("RFC 9111 §4.3.2 handling a received validation request", () => {
+  const lastModified = httpDate(T0 - 86_400_000)
+  const hitHeaders = {
+    "cache-control": "max-age=60",
+    "cdn-cache-control": "max-age=600",
+    etag: "W/\"v1\"",
+    date: httpDate(T0),
+    vary: "accept-encoding",
+    "last-modified": lastModified,
+    "content-type": "text/html",
+    "content-length": "1000",
+    age: "3"
+  }
+
+  it("§4.3.2 If-None-Match with a matching entity-tag (weak comparison) is answered with 304 headers", () => {
+    expect(HttpCachePolicy.notModified(hitHeaders, request({ "if-none-match": "\"x\", \"v1\"" }))).toEqual({
+      "cache-control": "max-age=60",
+      "cdn-cache-control": "max-age=600",
+      etag: "W/\"v1\"",
+      date: httpDate(T0),
+      vary: "accept-encoding",
+      age: "3"
+    })
+  })
+
+  it("§4.3.2 If-None-Match: * matches any stored response", () => {
+    expect(HttpCachePolicy.notModified(hitHeaders, request({ "if-none-match": "*" }))).toBeDefined()
+  })
+
+  it("§4.3.2 a non-matching If-None-Match gets the full response, and If-Modified-Since is then ignored", () => {
+    const req = request({ "if-none-match": "\"v2\"", "if-modified-since": httpDate(T0) })
+    expect(HttpCachePolicy.notModified(hitHeaders, req)).toBeUndefined()
+  })
+
+  it("§4.3.2 If-Modified-Since at or after Last-Modified is answered with 304", () => {
+    expect(HttpCachePolicy.notModified(hitHeaders, request({ "if-modified-since": lastModified }))).toBeDefined()
+    expect(HttpCachePolicy.notModified(hitHeaders, request({ "if-modified-since": httpDate(T0 - 86_400_000 - 1000) })))
+      .toBeUndefined()
+  })
+
+  it("§4.3.2 without Last-Modified, If-Modified-Since is compared with Date; a 304 then keeps Last-Modified only without ETag", () => {
+    const headers = { date: httpDate(T0), "cache-control": "max-age=60" }
+    expect(HttpCachePolicy.notModified(headers, request({ "if-modified-since": httpDate(T0) }))).toEqual(headers)
+    expect(HttpCachePolicy.notModified(headers, request({ "if-modified-since": httpDate(T0 - 1000) }))).toBeUndefined()
+    const lm = { "last-modified": lastModified }
+    expect(HttpCachePolicy.notModified(lm, request({ "if-modified-since": lastModified }))).toEqual(lm)
+  })
+
+  it("§4.3.2 an invalid If-Modified-Since date, or a method other than GET/HEAD, gets the full response", () => {
+    expect(HttpCachePolicy.notModified(hitHeaders, request({ "if-modified-since": "yesterday" }))).toBeUndefined()
+    expect(HttpCachePolicy.notModified(hitHeaders, request({ "if-none-match": "*" }, "POST"))).toBeUndefined()
+  })
+})
+
 describe("RFC 9111 §4.4 invalidating stored responses", () => {
   const post = (url: string, headers: Record<string, string> = {}) => request(headers, "POST", url)
 

@@ -519,6 +519,40 @@ export const revalidated = (
 }
 
 // ---------------------------------------------------------------------------------------------
+// Answering a client's conditional request (§4.3.2)
+// ---------------------------------------------------------------------------------------------
+
+const ENTITY_TAG = /(?:W\/)?"[^"]*"|\*/g
+
+/** RFC 9110 §15.4.5: the fields a 304 carries (plus Age, and Last-Modified when there is no ETag). */
+const keptIn304 = (name: string, hasTag: boolean): boolean =>
+  name === "date" || name === "etag" || name === "vary" || name === "expires" || name === "content-location" ||
+  name === "age" || name.endsWith("cache-control") || (!hasTag && name === "last-modified")
+
+export const notModified = (headers: Headers, req: RequestSnapshot): Headers | undefined => {
+  const method = req.method.toUpperCase()
+  if (method !== "GET" && method !== "HEAD") return undefined
+  const reqHeaders = lowerCaseNames(req.headers)
+  const etag = header(headers, "etag")?.trim()
+  const ifNoneMatch = header(reqHeaders, "if-none-match")
+  let matches: boolean
+  if (ifNoneMatch !== undefined) {
+    // RFC 9110 §13.1.2: weak comparison; If-Modified-Since is then ignored (§13.2.2).
+    const tags: ReadonlyArray<string> = ifNoneMatch.match(ENTITY_TAG) ?? []
+    matches = tags.includes("*") ||
+      (etag !== undefined && tags.some((tag) => opaqueTag(tag) === opaqueTag(etag)))
+  } else {
+    const since = parseHttpDate(header(reqHeaders, "if-modified-since"))
+    // §4.3.2: compare with Last-Modified, or with Date when there is none.
+    const modified = parseHttpDate(header(headers, "last-modified")) ?? parseHttpDate(header(headers, "date"))
+    matches = since !== undefined && modified !== undefined && modified <= since
+  }
+  if (!matches) return undefined
+  const hasTag = etag !== undefined
+  return fromEntries(Object.entries(headers).filter(([name]) => keptIn304(name, hasTag)))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Invalidation (§4.4)
 // ---------------------------------------------------------------------------------------------
 
