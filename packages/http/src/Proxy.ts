@@ -19,6 +19,7 @@
  *
  * @since 0.1.0
  */
+import type { CacheBackend } from "@cachekit/core"
 import type { HttpApp } from "@effect/platform"
 import type { HttpServerError } from "@effect/platform"
 import { HttpClient, HttpMiddleware } from "@effect/platform"
@@ -26,6 +27,7 @@ import { NodeHttpServer } from "@effect/platform-node"
 import type { ConfigError, Duration } from "effect"
 import { Config, Context, Data, Effect, Layer } from "effect"
 import * as Http from "node:http"
+import * as HttpClientCache from "./HttpClientCache.js"
 import * as internal from "./internal/proxy.js"
 
 /** A running proxy. */
@@ -76,6 +78,16 @@ export interface Options {
   readonly via?: string | undefined
   /** Server and client spans per request (costs time on every hit). Default false. */
   readonly tracing?: boolean | undefined
+  /**
+   * Response fields removed before answering, e.g. `["cdn-cache-control"]` when this proxy is the
+   * last CDN-like hop (RFC 9213 §2.1). Matched case-insensitively.
+   */
+  readonly stripResponseFields?: ReadonlyArray<string> | undefined
+}
+
+/** `Options` plus the cache the proxy runs in shared mode (RFC 9111 §3: s-maxage, no `private`). */
+export interface CachingOptions extends Options {
+  readonly cache?: Omit<HttpClientCache.Options, "shared"> | undefined
 }
 
 /** Defaults, in one place for the CLI's help text. */
@@ -94,7 +106,7 @@ export const defaults = {
  */
 export const config: Config.Config<Options> = Config.all({
   upstream: Config.string("CACHEKIT_UPSTREAM"),
-  port: Config.port("CACHEKIT_PORT").pipe(Config.withDefault(defaults.port)),
+  port: internal.portConfig("CACHEKIT_PORT", defaults.port),
   host: Config.string("CACHEKIT_HOST").pipe(Config.withDefault(defaults.host)),
   upstreamTimeout: internal.durationConfig("CACHEKIT_UPSTREAM_TIMEOUT", defaults.upstreamTimeoutMillis),
   shutdownGrace: internal.durationConfig("CACHEKIT_SHUTDOWN_GRACE", defaults.shutdownGraceMillis),
@@ -179,6 +191,25 @@ export const layer = (options: Options): Layer.Layer<ProxyTag, InvalidUpstream |
       }
     })
   )
+
+/**
+ * The caching proxy: `layer` over `HttpClientCache` in shared-cache mode, storing in the
+ * `CacheBackendTag` from context. Responses carry `Cache-Status` and `Age`; unsafe methods pass
+ * through and invalidate what they change (RFC 9111 §4.4).
+ *
+ * ```ts
+ * Proxy.layerCaching({ upstream: "http://127.0.0.1:8080", cache: { maxBodySize: 64 * 1024 * 1024 } }).pipe(
+ *   Layer.provide(MemoryBackend.layer({ maxBytes: 256 * 1024 * 1024 })),
+ *   Layer.provide(NodeHttpClient.layerUndici),
+ *   Layer.launch,
+ *   NodeRuntime.runMain
+ * )
+ * ```
+ */
+export const layerCaching = (
+  options: CachingOptions
+): Layer.Layer<ProxyTag, InvalidUpstream | ServeError, HttpClient.HttpClient | CacheBackend.CacheBackendTag> =>
+  layer(options).pipe(Layer.provide(HttpClientCache.layer({ ...options.cache, shared: true })))
 
 /** `layer` with its options from `config` (environment variables). */
 export const layerConfig = (

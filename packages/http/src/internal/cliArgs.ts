@@ -252,9 +252,18 @@ export const parse = (argv: ReadonlyArray<string>): Either.Either<Command, CliEr
   return Either.right({ _tag: "Proxy", settings })
 }
 
-/** Flags first, then the environment. */
-export const configProvider = (settings: ReadonlyMap<string, string>): ConfigProvider.ConfigProvider =>
-  ConfigProvider.fromMap(new Map(settings)).pipe(ConfigProvider.orElse(() => ConfigProvider.fromEnv()))
+/** The environment with the flags laid over it (one source, so a bad value gives one error). */
+export const configProvider = (
+  settings: ReadonlyMap<string, string>,
+  env: Readonly<Record<string, string | undefined>> = process.env
+): ConfigProvider.ConfigProvider => {
+  const merged = new Map<string, string>()
+  for (const [name, value] of Object.entries(env)) {
+    if (value !== undefined) merged.set(name, value)
+  }
+  for (const [name, value] of settings) merged.set(name, value)
+  return ConfigProvider.fromMap(merged)
+}
 
 /** The help text. */
 export const helpText = (): string => {

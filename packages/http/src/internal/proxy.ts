@@ -21,6 +21,8 @@ export interface Resolved {
   readonly shutdownGraceMillis: number
   readonly via: string
   readonly tracing: boolean
+  /** Lower-cased response fields never passed downstream. */
+  readonly stripResponseFields: ReadonlySet<string> | undefined
 }
 
 export const resolve = (options: {
@@ -29,6 +31,7 @@ export const resolve = (options: {
   readonly shutdownGrace?: Duration.DurationInput | undefined
   readonly via?: string | undefined
   readonly tracing?: boolean | undefined
+  readonly stripResponseFields?: ReadonlyArray<string> | undefined
 }): Resolved => ({
   upstream: options.upstream,
   origin: options.upstream.origin,
@@ -36,7 +39,10 @@ export const resolve = (options: {
   upstreamTimeoutMillis: Duration.toMillis(Duration.decode(options.upstreamTimeout ?? 30_000)),
   shutdownGraceMillis: Duration.toMillis(Duration.decode(options.shutdownGrace ?? 10_000)),
   via: options.via ?? "cachekit",
-  tracing: options.tracing ?? false
+  tracing: options.tracing ?? false,
+  stripResponseFields: options.stripResponseFields === undefined || options.stripResponseFields.length === 0
+    ? undefined
+    : new Set(options.stripResponseFields.map((name) => name.trim().toLowerCase()))
 })
 
 // ---------------------------------------------------------------------------------------------
@@ -69,17 +75,30 @@ export const parseDurationMillis = (text: string): number | undefined => {
   return factor === undefined || !Number.isFinite(amount) ? undefined : amount * factor
 }
 
-/** A duration setting in milliseconds, with a default. */
-export const durationConfig = (name: string, defaultMillis: number): Config.Config<number> =>
+/** A port setting (0 = any free port), with a default. */
+export const portConfig = (name: string, defaultPort: number): Config.Config<number> =>
+  Config.integer(name).pipe(
+    Config.validate({
+      message: `${name} must be a port number from 0 to 65535`,
+      validation: (n) => n >= 0 && n <= 65535
+    }),
+    Config.withDefault(defaultPort)
+  )
+
+/** A duration setting in milliseconds (no default: wrap in `Config.withDefault` or `Config.option`). */
+export const millisConfig = (name: string): Config.Config<number> =>
   Config.string(name).pipe(
     Config.mapOrFail((text) => {
       const millis = parseDurationMillis(text)
       return millis === undefined
         ? Either.left(ConfigError.InvalidData([], `${name}: "${text}" is not a duration (examples: 500ms, 5s, 2m)`))
         : Either.right(millis)
-    }),
-    Config.withDefault(defaultMillis)
+    })
   )
+
+/** A duration setting in milliseconds, with a default. */
+export const durationConfig = (name: string, defaultMillis: number): Config.Config<number> =>
+  millisConfig(name).pipe(Config.withDefault(defaultMillis))
 
 // ---------------------------------------------------------------------------------------------
 // In-flight tracking and graceful drain
@@ -208,7 +227,7 @@ const toServerResponse = (
   resolved: Resolved
 ): HttpServerResponse.HttpServerResponse => {
   const upstreamHeaders = response.headers
-  const headers = stripHopByHop(upstreamHeaders)
+  const headers = stripHopByHop(upstreamHeaders, resolved.stripResponseFields)
   headers["via"] = appendVia(upstreamHeaders["via"], "1.1", resolved.via)
   const setCookie = headers["set-cookie"] !== undefined
   if (setCookie) delete headers["set-cookie"]
