@@ -89,6 +89,11 @@ export interface PolicyOptions {
    * cacheable statuses 200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501.
    */
   readonly cacheableStatuses?: ReadonlySet<number>
+  /**
+   * How long past freshness (and its stale windows) {@link retainUntil} keeps a response that has a validator
+   * (ETag / Last-Modified), so it can still be revalidated with a cheap 304. Default one hour.
+   */
+  readonly revalidationWindowMillis?: number
 }
 
 /** Parsed Cache-Control directives (lenient; see {@link parseCacheControl}). */
@@ -274,7 +279,8 @@ export const freshnessLifetime: (stored: StoredPolicy, options: PolicyOptions) =
 
 /**
  * Epoch ms until which a backend should keep the entry: the end of freshness plus the longest stale
- * window (stale-while-revalidate, stale-if-error), or longer when validators make revalidation useful.
+ * window (stale-while-revalidate, stale-if-error), or plus `revalidationWindowMillis` when a validator makes
+ * revalidation useful.
  */
 export const retainUntil: (stored: StoredPolicy, options: PolicyOptions) => number = internal.retainUntil
 
@@ -289,6 +295,19 @@ export const revalidated: (
   times: Times,
   options: PolicyOptions
 ) => Revalidation = internal.revalidated
+
+/**
+ * RFC 9111 §4.3.5: a 200 to a HEAD request freshens a stored GET response when its ETag, Last-Modified and
+ * Content-Length (those it carries) equal the stored ones (`Updated`); otherwise (`Mismatch`) the stored
+ * response should be treated as stale (dropped or revalidated before its next use).
+ */
+export const freshenedByHead: (
+  stored: StoredPolicy,
+  req: RequestSnapshot,
+  headResponse: ResponseSnapshot,
+  times: Times,
+  options: PolicyOptions
+) => Revalidation = internal.freshenedByHead
 
 /**
  * RFC 9111 §4.3.2: may a client's own conditional request (If-None-Match, else If-Modified-Since) be answered

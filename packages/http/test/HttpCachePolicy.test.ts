@@ -558,6 +558,9 @@ describe("RFC 5861 stale-while-revalidate and stale-if-error", () => {
     // With a validator it stays an hour longer so it can be revalidated with a 304.
     expect(HttpCachePolicy.retainUntil(cached({ "cache-control": "max-age=60", etag: "\"x\"" }), SHARED))
       .toBe(T0 + 60_000 + 3_600_000)
+    const options: Options = { shared: true, revalidationWindowMillis: 5_000 }
+    const withTag = storeAt(request(), response({ "cache-control": "max-age=60", etag: "\"x\"" }), options)
+    expect(HttpCachePolicy.retainUntil(withTag, options)).toBe(T0 + 65_000)
   })
 })
 
@@ -738,6 +741,34 @@ describe("RFC 9111 §4.3 validation", () => {
   it("§4.3.3 a non-304 answer is not a revalidation", () => {
     const stored = cached(withValidators)
     expect(HttpCachePolicy.revalidated(stored, request(), response({ etag: "\"v1\"" }), later, SHARED)._tag)
+      .toBe("Mismatch")
+  })
+})
+
+describe("RFC 9111 §4.3.5 freshening stored responses upon HEAD", () => {
+  const stored = cached({ "cache-control": "max-age=60", etag: "\"v1\"", "content-length": "10", "x-a": "old" })
+  const later = { requestTime: T0 + 100_000, responseTime: T0 + 100_000 }
+  const head = request({}, "HEAD")
+  const freshen = (headers: Record<string, string>) =>
+    HttpCachePolicy.freshenedByHead(stored, head, { status: 200, headers }, later, SHARED)
+
+  it("§4.3.5 a HEAD 200 with the same validators and Content-Length updates the stored GET response", () => {
+    const result = freshen({ etag: "\"v1\"", "content-length": "10", "cache-control": "max-age=300", "x-a": "new" })
+    expect(result._tag).toBe("Updated")
+    if (result._tag !== "Updated") return
+    expect(result.policy.responseHeaders).toMatchObject({ "cache-control": "max-age=300", "x-a": "new" })
+    expect(lookupAfter(result.policy, 350, SHARED)._tag).toBe("Fresh")
+  })
+
+  it("§4.3.5 a different ETag or Content-Length means the stored response is stale", () => {
+    expect(freshen({ etag: "\"v2\"", "content-length": "10" })._tag).toBe("Mismatch")
+    expect(freshen({ etag: "\"v1\"", "content-length": "11" })._tag).toBe("Mismatch")
+  })
+
+  it("§4.3.5 only a 200 to HEAD freshens a stored GET", () => {
+    expect(HttpCachePolicy.freshenedByHead(stored, request(), { status: 200, headers: {} }, later, SHARED)._tag)
+      .toBe("Mismatch")
+    expect(HttpCachePolicy.freshenedByHead(stored, head, { status: 404, headers: {} }, later, SHARED)._tag)
       .toBe("Mismatch")
   })
 })

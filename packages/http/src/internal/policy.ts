@@ -345,7 +345,10 @@ export const retainUntil = (stored: StoredPolicy, options: PolicyOptions): numbe
     : Math.max(d.cc.staleWhileRevalidate ?? 0, d.cc.staleIfError ?? 0) * 1000
   const hasValidator = header(stored.responseHeaders, "etag") !== undefined ||
     header(stored.responseHeaders, "last-modified") !== undefined
-  return expiresAt + Math.max(staleWindow, hasValidator ? DEFAULT_REVALIDATION_WINDOW_MILLIS : 0)
+  const revalidationWindow = hasValidator
+    ? Math.max(0, options.revalidationWindowMillis ?? DEFAULT_REVALIDATION_WINDOW_MILLIS)
+    : 0
+  return expiresAt + Math.max(staleWindow, revalidationWindow)
 }
 
 /** §5.1: the replay headers with the current Age; reuses the last record built for the same whole second. */
@@ -484,16 +487,14 @@ const NOT_UPDATED: ReadonlySet<string> = new Set([
   "set-cookie"
 ])
 
-export const revalidated = (
+/** §3.2 / §4.3.4: the stored response updated with the header fields of a 304 (or a HEAD 200, §4.3.5). */
+const merge = (
   stored: StoredPolicy,
   req: RequestSnapshot,
-  res304: ResponseSnapshot,
+  incoming: Headers,
   times: Times,
   options: PolicyOptions
 ): Revalidation => {
-  if (res304.status !== 304) return MISMATCH
-  const incoming = stripHopByHop(lowerCaseNames(res304.headers))
-  if (!validatorMatches(stored.responseHeaders, incoming)) return MISMATCH
   const merged = new Map<string, string>()
   for (const [name, value] of Object.entries(stored.responseHeaders)) {
     if (name !== "date" && name !== "age") merged.set(name, value)
@@ -516,6 +517,40 @@ export const revalidated = (
     options
   ).storable
   return { _tag: "Updated", policy, storable }
+}
+
+export const revalidated = (
+  stored: StoredPolicy,
+  req: RequestSnapshot,
+  res304: ResponseSnapshot,
+  times: Times,
+  options: PolicyOptions
+): Revalidation => {
+  if (res304.status !== 304) return MISMATCH
+  const incoming = stripHopByHop(lowerCaseNames(res304.headers))
+  if (!validatorMatches(stored.responseHeaders, incoming)) return MISMATCH
+  return merge(stored, req, incoming, times, options)
+}
+
+/**
+ * §4.3.5: a 200 to a HEAD request updates a stored GET response when every validator it carries (ETag,
+ * Last-Modified) has the stored value and its Content-Length, if any, is the stored one; otherwise the stored
+ * response is to be considered stale (`Mismatch`).
+ */
+export const freshenedByHead = (
+  stored: StoredPolicy,
+  req: RequestSnapshot,
+  headResponse: ResponseSnapshot,
+  times: Times,
+  options: PolicyOptions
+): Revalidation => {
+  if (stored.method !== "GET" || req.method.toUpperCase() !== "HEAD" || headResponse.status !== 200) return MISMATCH
+  const incoming = stripHopByHop(lowerCaseNames(headResponse.headers))
+  for (const name of ["etag", "last-modified", "content-length"]) {
+    const value = header(incoming, name)
+    if (value !== undefined && value.trim() !== header(stored.responseHeaders, name)?.trim()) return MISMATCH
+  }
+  return merge(stored, req, incoming, times, options)
 }
 
 // ---------------------------------------------------------------------------------------------
