@@ -733,6 +733,28 @@ describe("RFC 9111 §4.3 validation", () => {
     expect(priv._tag === "Updated" && priv.storable).toBe(false)
   })
 
+  it("§3.5 a 304 to a request with Authorization keeps a stored public-less response stored (its content is not the user's)", () => {
+    const stored = cached(withValidators)
+    const authorized = request({ authorization: "Bearer b" })
+    const result = HttpCachePolicy.revalidated(
+      stored,
+      authorized,
+      { status: 304, headers: { etag: "\"v1\"" } },
+      later,
+      SHARED
+    )
+    expect(result._tag === "Updated" && result.storable).toBe(true)
+    const noStore = request({ "cache-control": "no-store" })
+    const refused = HttpCachePolicy.revalidated(
+      stored,
+      noStore,
+      { status: 304, headers: { etag: "\"v1\"" } },
+      later,
+      SHARED
+    )
+    expect(refused._tag === "Updated" && refused.storable).toBe(false)
+  })
+
   it("§4.3.4 a 304 cannot reintroduce Set-Cookie into the stored response", () => {
     const result = revalidate(withValidators, { etag: "\"v1\"", "set-cookie": "sid=2" })
     expect(result._tag === "Updated" && result.policy.responseHeaders["set-cookie"]).toBe(undefined)

@@ -511,8 +511,11 @@ const merge = (
     requestTime: times.requestTime,
     responseTime: times.responseTime
   }
+  // Whether the merged response may stay stored. The stored content came from the request that stored it, so
+  // this request's Authorization does not make it user-specific (the 304's own directives still count, and a
+  // request no-store still forbids the update).
   const storable = storability(
-    { method: stored.method, url: stored.url, headers: req.headers },
+    { method: stored.method, url: stored.url, headers: without(lowerCaseNames(req.headers), ["authorization"]) },
     { status: stored.status, headers: mergedHeaders },
     options
   ).storable
