@@ -2,7 +2,7 @@ import { AdminApi, AdminTarget } from "@cachekit/admin"
 import type { CacheBackend, CacheEntry } from "@cachekit/core"
 import { Cache, CacheBackend as CacheBackendModule, MemoryBackend, TieredCache } from "@cachekit/core"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either, Layer, Option } from "effect"
+import { Effect, Either, Layer, Option, Tracer } from "effect"
 import type { Harness, HarnessOptions } from "./fixtures.js"
 import {
   ADMIN_TOKEN,
@@ -535,6 +535,27 @@ describe("documents and mounting", () => {
         expect(h.lines.join("\n")).not.toContain(READ_TOKEN)
       })
     ))
+
+  it.scopedLive("each operation runs in a span, exported to whatever tracer the user provides", () =>
+    Effect.gen(function*() {
+      const base = yield* Effect.tracer
+      const spans: Array<string> = []
+      const recording = Tracer.make({
+        span: (name, ...rest) => {
+          spans.push(name)
+          return base.span(name, ...rest)
+        },
+        context: base.context
+      })
+      yield* withHarness((h) =>
+        Effect.gen(function*() {
+          yield* seed(h.backend, "a")
+          yield* (yield* adminClient(h)).admin.invalidate({ payload: { keys: ["a"] } })
+          yield* (yield* readClient(h)).read.stats()
+          expect(spans).toEqual(expect.arrayContaining(["cachekit.admin.invalidate", "cachekit.admin.stats"]))
+        })
+      ).pipe(Effect.withTracer(recording))
+    }))
 
   it.scopedLive("hashes keys in the log when configured", () =>
     withHarness((h) =>

@@ -119,11 +119,18 @@ export const makeApp = (
       effect: Effect.Effect<X, AdminTargetError, R>,
       describe: (result: Option.Option<X>) => Omit<OperationRecord, "durationMillis" | "role">
     ) =>
-      Effect.flatMap(FiberRef.get(currentRole), (role) =>
-        timed(oplog, Effect.mapError(effect, toApiError), (r) => ({
+      Effect.flatMap(FiberRef.get(currentRole), (role) => {
+        const base = describe(Option.none())
+        return timed(oplog, Effect.mapError(effect, toApiError), (r) => ({
           ...describe(r),
           ...(role === undefined ? {} : { role })
-        })))
+        })).pipe(
+          // a span per operation; exported only when the user provides a tracer (@effect/opentelemetry)
+          Effect.withSpan(`cachekit.${base.op}`, {
+            attributes: { "cachekit.op": base.op, ...(role === undefined ? {} : { "cachekit.role": role }) }
+          })
+        )
+      })
 
     // The bearer value platform decodes is not used: it does not check the "Bearer " scheme.
     const authenticate = Effect.gen(function*() {
