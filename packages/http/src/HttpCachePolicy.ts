@@ -54,7 +54,10 @@ export type CacheMode =
   | "only-if-cached"
   | "ignore-rules"
 
-/** Lower-cased header names; multiple values joined with ", ". */
+/**
+ * Header fields by lower-case name; repeated fields joined with ", ". Inputs in other case are accepted (names
+ * are lower-cased on read); every record the policy returns uses lower-case names.
+ */
 export type Headers = Readonly<Record<string, string>>
 
 /** The parts of a request the policy reads. `url` includes the query string. */
@@ -115,7 +118,7 @@ export const StoredPolicy = Schema.Struct({
   requestTime: Schema.Number,
   /** Epoch ms when the response arrived. */
   responseTime: Schema.Number,
-  /** Normalised request values of the fields named by Vary (`null` = absent), or `"*"`. */
+  /** Normalised request values of the fields named by Vary (`null` = absent; a stored 206 adds Range), or `"*"`. */
   vary: Schema.Union(Schema.Literal("*"), Schema.Record({ key: Schema.String, value: Schema.NullOr(Schema.String) })),
   /** Upper-case request method (GET or HEAD). */
   method: Schema.String,
@@ -188,7 +191,10 @@ export interface Times {
   readonly responseTime: number
 }
 
-/** RFC 9211 Cache-Status parameters for one cache. */
+/**
+ * RFC 9211 Cache-Status parameters for one cache. §2.1: `hit` only when the response came from the cache
+ * without going forward; a stored response validated by a 304 is `fwd: "stale", fwdStatus: 304`, not a hit.
+ */
 export interface CacheStatusInfo {
   readonly hit: boolean
   readonly fwd?: "uri-miss" | "vary-miss" | "miss" | "request" | "stale" | "partial" | "bypass" | "method"
