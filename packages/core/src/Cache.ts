@@ -19,7 +19,7 @@
  * @since 0.1.0
  */
 import type { ConfigError, Duration, Option, Schema, Scope } from "effect"
-import { Config, Context, Data, Effect, Layer, Metric } from "effect"
+import { Config, Context, Data, Effect, Layer, Metric, MetricKey } from "effect"
 import { CacheBackendTag } from "./CacheBackend.js"
 import type { CacheError, EncodeError, EntryTooLarge, InvalidKey, InvalidTtl } from "./CacheError.js"
 import type { Codec } from "./Codec.js"
@@ -207,28 +207,30 @@ export const makeTyped = <A, I>(schema: Schema.Schema<A, I, never>): Effect.Effe
  * read one with `Metric.value(Cache.metrics.hits.pipe(Metric.tagged("cache", "default")))`.
  * `evictions` is a gauge set from the backend's own count whenever `stats` is read.
  */
+const counterKey = (name: string, description: string) => MetricKey.counter(name, { description, incremental: true })
+
+/** @internal The metric keys, so each cache can build metrics with its `cache` label baked in. */
+export const metricKeys = {
+  hits: counterKey("cachekit_cache_hits_total", "Fresh values served"),
+  misses: counterKey("cachekit_cache_misses_total", "Lookups that found no usable value"),
+  staleServed: counterKey("cachekit_cache_stale_served_total", "Stale values served"),
+  computes: counterKey("cachekit_cache_computes_total", "Computes started"),
+  computeErrors: counterKey("cachekit_cache_compute_errors_total", "Computes that failed"),
+  backgroundRefreshes: counterKey(
+    "cachekit_cache_background_refreshes_total",
+    "Refreshes started in the background (grace, refresh-ahead)"
+  ),
+  backendErrors: counterKey("cachekit_cache_backend_errors_total", "Backend failures absorbed"),
+  evictions: MetricKey.gauge("cachekit_cache_evictions", { description: "Evictions reported by the backend" })
+}
+
 export const metrics = {
-  hits: Metric.counter("cachekit_cache_hits_total", { description: "Fresh values served", incremental: true }),
-  misses: Metric.counter("cachekit_cache_misses_total", {
-    description: "Lookups that found no usable value",
-    incremental: true
-  }),
-  staleServed: Metric.counter("cachekit_cache_stale_served_total", {
-    description: "Stale values served",
-    incremental: true
-  }),
-  computes: Metric.counter("cachekit_cache_computes_total", { description: "Computes started", incremental: true }),
-  computeErrors: Metric.counter("cachekit_cache_compute_errors_total", {
-    description: "Computes that failed",
-    incremental: true
-  }),
-  backgroundRefreshes: Metric.counter("cachekit_cache_background_refreshes_total", {
-    description: "Refreshes started in the background (grace, refresh-ahead)",
-    incremental: true
-  }),
-  backendErrors: Metric.counter("cachekit_cache_backend_errors_total", {
-    description: "Backend failures absorbed",
-    incremental: true
-  }),
-  evictions: Metric.gauge("cachekit_cache_evictions", { description: "Evictions reported by the backend" })
+  hits: Metric.fromMetricKey(metricKeys.hits),
+  misses: Metric.fromMetricKey(metricKeys.misses),
+  staleServed: Metric.fromMetricKey(metricKeys.staleServed),
+  computes: Metric.fromMetricKey(metricKeys.computes),
+  computeErrors: Metric.fromMetricKey(metricKeys.computeErrors),
+  backgroundRefreshes: Metric.fromMetricKey(metricKeys.backgroundRefreshes),
+  backendErrors: Metric.fromMetricKey(metricKeys.backendErrors),
+  evictions: Metric.fromMetricKey(metricKeys.evictions)
 }

@@ -1,7 +1,7 @@
 import type { CacheError } from "@cachekit/core"
 import { Cache, CacheBackend, Codec, MemoryBackend } from "@cachekit/core"
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Deferred, Effect, Exit, Fiber, Layer, Metric, Option, Schema, TestClock } from "effect"
+import { ConfigProvider, Deferred, Effect, Either, Exit, Fiber, Layer, Metric, Option, Schema, TestClock } from "effect"
 import type { TestBackend } from "./fixtures/cacheBackends.js"
 import { makeTestBackend, testBackendLayer } from "./fixtures/cacheBackends.js"
 
@@ -116,6 +116,24 @@ describe.each(variants)("Cache on $name", ({ withCache }) => {
           yield* TestClock.adjust("1 second")
           expect(Option.isNone(yield* cache.get("k"))).toBe(true)
         }), { ttl: "10 seconds" }))
+
+    it.effect("get and getOrCompute read when their effect runs, every time it runs, not when it is built", () =>
+      withCache((cache) =>
+        Effect.gen(function*() {
+          const text = cache.typed(Schema.String)
+          const read = text.get("k")
+          const readOrCompute = text.getOrCompute("k", Effect.succeed("computed"))
+          expect(yield* read).toEqual(Option.none())
+          yield* text.set("k", "v1")
+          expect(yield* read).toEqual(Option.some("v1")) // through yield*
+          expect(yield* Effect.map(read, (o) => o)).toEqual(Option.some("v1")) // through the run loop
+          yield* text.set("k", "v2")
+          expect(yield* readOrCompute).toBe("v2")
+          yield* text.delete("k")
+          expect(yield* Effect.either(read)).toEqual(Either.right(Option.none()))
+          expect(yield* readOrCompute).toBe("computed")
+        })
+      ))
 
     it.effect("deletes a key", () =>
       withCache((cache) =>

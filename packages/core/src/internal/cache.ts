@@ -5,9 +5,10 @@
  * @internal
  */
 import type { Scope } from "effect"
-import { Cause, Deferred, Duration, Effect, Exit, FiberId, MetricLabel, Option } from "effect"
+import type { Clock } from "effect"
+import { Cause, Deferred, Duration, Effect, Effectable, Exit, FiberId, Metric, MetricKey, Option, Utils } from "effect"
 import type * as CacheApi from "../Cache.js"
-import { ComputeTimeout, metrics, TagsUnsupported } from "../Cache.js"
+import { ComputeTimeout, metricKeys, TagsUnsupported } from "../Cache.js"
 import type { CacheBackend } from "../CacheBackend.js"
 import { DEFAULT_MAX_KEY_LENGTH } from "../CacheBackend.js"
 import type { CacheEntry } from "../CacheEntry.js"
@@ -125,22 +126,42 @@ type Counter =
   | "backgroundRefreshes"
   | "backendErrors"
 
+const NO_LABELS: ReadonlyArray<never> = []
+
+/** A plain counter mirrored into an effect counter whose `cache` label is part of its key (no per-update label work). */
+class Count {
+  value = 0
+  private readonly metric: Metric.Metric.Counter<number>
+  constructor(key: MetricKey.MetricKey.Counter<number>, cacheName: string) {
+    this.metric = Metric.fromMetricKey(MetricKey.tagged(key, "cache", cacheName))
+  }
+  inc(): void {
+    this.value++
+    this.metric.unsafeUpdate(1, NO_LABELS)
+  }
+}
+
 class Stats {
-  hits = 0
-  misses = 0
-  staleServed = 0
-  computes = 0
-  computeErrors = 0
-  backgroundRefreshes = 0
-  backendErrors = 0
-  // One label array per cache: effect's metrics cache the registry hook per label array identity.
-  readonly labels: ReadonlyArray<MetricLabel.MetricLabel>
-  constructor(readonly name: string, labels: ReadonlyArray<MetricLabel.MetricLabel>) {
-    this.labels = labels
+  readonly hits: Count
+  readonly misses: Count
+  readonly staleServed: Count
+  readonly computes: Count
+  readonly computeErrors: Count
+  readonly backgroundRefreshes: Count
+  readonly backendErrors: Count
+  readonly evictions: Metric.Metric.Gauge<number>
+  constructor(readonly name: string) {
+    this.hits = new Count(metricKeys.hits, name)
+    this.misses = new Count(metricKeys.misses, name)
+    this.staleServed = new Count(metricKeys.staleServed, name)
+    this.computes = new Count(metricKeys.computes, name)
+    this.computeErrors = new Count(metricKeys.computeErrors, name)
+    this.backgroundRefreshes = new Count(metricKeys.backgroundRefreshes, name)
+    this.backendErrors = new Count(metricKeys.backendErrors, name)
+    this.evictions = Metric.fromMetricKey(MetricKey.tagged(metricKeys.evictions, "cache", name))
   }
   bump(counter: Counter): void {
-    this[counter]++
-    metrics[counter].unsafeUpdate(1, this.labels)
+    this[counter].inc()
   }
 }
 
@@ -162,6 +183,31 @@ interface Memo<A> {
 
 const noneEffect: Effect.Effect<Option.Option<never>> = Effect.succeed(Option.none())
 
+/**
+ * The effect `get` and `getOrCompute` return: the lookup runs when the effect runs (as with
+ * `Effect.suspend`), and additionally when an `Effect.gen` generator reaches `yield*` on it, so a hit
+ * hands the generator a ready `Exit` and skips a trip through the fiber's run loop. Either way the
+ * read happens at execution time, never when the effect is built.
+ */
+class Lookup<A, E, R, P1, P2, P3> extends Effectable.Class<A, E, R> {
+  // The step and its arguments are fields (not a closure) so that building the effect is one allocation.
+  constructor(
+    private readonly step: (key: string, p1: P1, p2: P2, p3: P3) => Effect.Effect<A, E, R>,
+    private readonly key: string,
+    private readonly p1: P1,
+    private readonly p2: P2,
+    private readonly p3: P3
+  ) {
+    super()
+  }
+  commit(): Effect.Effect<A, E, R> {
+    return this.step(this.key, this.p1, this.p2, this.p3)
+  }
+  override [Symbol.iterator](): Effect.EffectGenerator<Effect.Effect<A, E, R>> {
+    return new Utils.SingleShotGen(new Utils.YieldWrap(this.step(this.key, this.p1, this.p2, this.p3)))
+  }
+}
+
 type Waiter = Deferred.Deferred<unknown, unknown>
 
 /** @internal */
@@ -170,17 +216,19 @@ export const make = (
   options: CacheApi.CacheLayerOptions,
   scope: Scope.Scope
 ): Effect.Effect<CacheApi.Cache, InvalidTtl> =>
-  Effect.suspend(() => {
+  // The Clock of the layer's context is captured once: a hit then reads the time without looking
+  // up a service (TestClock still drives it when the layer is built under it).
+  Effect.clockWith((clock) => {
     const defaults = resolve(DEFAULTS, options)
     if (!isResolved(defaults)) return Effect.fail(defaults)
     const name = options.name ?? "default"
     const maxKeyLength = options.maxKeyLength ?? DEFAULT_MAX_KEY_LENGTH
     const maxEntrySize = options.maxEntrySize ?? backend.maxEntrySize ?? Number.POSITIVE_INFINITY
-    const stats = new Stats(name, [labelFor(name)])
+    const stats = new Stats(name)
     // Single-flight: one Deferred per key being computed, shared by every typed view of this cache.
     const inflight = new Map<string, Waiter>()
     const syncGet = backend.unsafeGetSync
-    const core: Core = { backend, defaults, maxKeyLength, maxEntrySize, stats, inflight, syncGet, scope }
+    const core: Core = { backend, clock, defaults, maxKeyLength, maxEntrySize, stats, inflight, syncGet, scope }
     const bytesView = makeTyped(core, Codecs.bytes)
     const cache: CacheApi.Cache = {
       ...bytesView,
@@ -198,16 +246,16 @@ export const make = (
           : backend.tags.deleteByTags(tags),
       clear: backend.clear,
       stats: Effect.map(backend.stats ?? Effect.succeed(undefined), (backendStats) => {
-        if (backendStats !== undefined) metrics.evictions.unsafeUpdate(backendStats.evictions, stats.labels)
+        if (backendStats !== undefined) stats.evictions.unsafeUpdate(backendStats.evictions, NO_LABELS)
         return {
           name,
-          hits: stats.hits,
-          misses: stats.misses,
-          staleServed: stats.staleServed,
-          computes: stats.computes,
-          computeErrors: stats.computeErrors,
-          backgroundRefreshes: stats.backgroundRefreshes,
-          backendErrors: stats.backendErrors,
+          hits: stats.hits.value,
+          misses: stats.misses.value,
+          staleServed: stats.staleServed.value,
+          computes: stats.computes.value,
+          computeErrors: stats.computeErrors.value,
+          backgroundRefreshes: stats.backgroundRefreshes.value,
+          backendErrors: stats.backendErrors.value,
           evictions: backendStats?.evictions
         }
       })
@@ -217,10 +265,9 @@ export const make = (
 
 const isResolved = (r: Resolved | InvalidTtl): r is Resolved => !(r instanceof InvalidTtl)
 
-const labelFor = (name: string) => MetricLabel.make("cache", name)
-
 interface Core {
   readonly backend: CacheBackend
+  readonly clock: Clock.Clock
   readonly defaults: Resolved
   readonly maxKeyLength: number
   readonly maxEntrySize: number
@@ -231,7 +278,7 @@ interface Core {
 }
 
 const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
-  const { backend, defaults, inflight, maxEntrySize, maxKeyLength, scope, stats, syncGet } = core
+  const { backend, clock, defaults, inflight, maxEntrySize, maxKeyLength, scope, stats, syncGet } = core
   const memo = new WeakMap<CacheEntry, Memo<A>>()
 
   const remember = (entry: CacheEntry, value: A): Memo<A> => {
@@ -305,12 +352,18 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
     allowStale: boolean
   ): Effect.Effect<Option.Option<A>> => {
     if (entry === undefined || now >= entry.staleUntil || isFailureEntry(entry)) {
-      stats.bump("misses")
+      stats.misses.inc()
       return noneEffect
     }
     const stale = now >= entry.expiresAt
-    if (stale && !allowStale) {
-      stats.bump("misses")
+    if (!stale) {
+      const m = memo.get(entry)
+      if (m !== undefined) {
+        stats.hits.inc()
+        return m.some
+      }
+    } else if (!allowStale) {
+      stats.misses.inc()
       return noneEffect
     }
     const served: Counter = stale ? "staleServed" : "hits"
@@ -325,17 +378,20 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
     })
   }
 
+  /** The hot path of an in-process backend: one Clock read, one synchronous lookup. */
+  const readSync = (key: string, allowStale: boolean): Effect.Effect<Option.Option<A>> => {
+    const now = clock.unsafeCurrentTimeMillis()
+    return onEntryForGet(key, syncGet!(key, now), now, allowStale)
+  }
+
   const get = (key: string, options?: CacheApi.GetOptions): Effect.Effect<Option.Option<A>, CacheError> => {
     const invalid = badKey(key)
     if (invalid !== undefined) return Effect.fail(invalid)
     const allowStale = options?.allowStale === true
     if (syncGet !== undefined) {
-      return Effect.clockWith((clock) => {
-        const now = clock.unsafeCurrentTimeMillis()
-        return onEntryForGet(key, syncGet(key, now), now, allowStale)
-      })
+      return new Lookup(readSync, key, allowStale, undefined, undefined)
     }
-    return Effect.clockWith((clock) =>
+    return Effect.suspend(() =>
       Effect.flatMap(
         backend.get(key),
         (found) => onEntryForGet(key, Option.getOrUndefined(found), clock.unsafeCurrentTimeMillis(), allowStale)
@@ -353,7 +409,7 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
     return Effect.flatMap(codec.encode(key, value), (bytes) => {
       const tooLarge = checkSize(key, bytes)
       if (tooLarge !== undefined) return Effect.fail(tooLarge)
-      return Effect.clockWith((clock) => {
+      return Effect.suspend(() => {
         const entry = makeEntry(bytes, clock.unsafeCurrentTimeMillis(), r.ttl, keepStaleFor(r), r.tags)
         return Effect.map(backend.set(key, entry), () => {
           remember(entry, value)
@@ -429,7 +485,7 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
         const empty = options?.isEmpty !== undefined && r.negativeTtl > 0 && options.isEmpty(value)
         return Effect.zipRight(
           Deferred.succeed(deferred, value),
-          Effect.clockWith((clock) => {
+          Effect.suspend(() => {
             const entry = empty
               ? makeEntry(bytes, clock.unsafeCurrentTimeMillis(), r.negativeTtl, 0, r.tags)
               : makeEntry(bytes, clock.unsafeCurrentTimeMillis(), r.ttl, keepStaleFor(r), r.tags)
@@ -468,7 +524,7 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
       Effect.matchEffect(errorCodec.encode(key, error), {
         onFailure: () => Effect.void,
         onSuccess: (bytes) =>
-          Effect.clockWith((clock) =>
+          Effect.suspend(() =>
             Effect.catchAll(
               backend.set(
                 key,
@@ -568,7 +624,7 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
     options: CacheApi.ComputeOptions<A, E> | undefined
   ): Effect.Effect<A, E | ComputeTimeout | CacheApi.InputError, R> => {
     if (now < entry.expiresAt) {
-      stats.bump("hits")
+      stats.hits.inc()
       if (r.refreshAhead > 0 && now >= entry.expiresAt - r.refreshAhead && !inflight.has(key)) {
         return Effect.zipRight(refreshInBackground(key, compute, r, options), m.succeed)
       }
@@ -584,6 +640,16 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
     return awaitCompute(key, compute, r, options, m)
   }
 
+  const readOrComputeSync = <E, R>(
+    key: string,
+    compute: Effect.Effect<A, E, R>,
+    r: Resolved,
+    options: CacheApi.ComputeOptions<A, E> | undefined
+  ): Effect.Effect<A, E | ComputeTimeout | CacheApi.InputError, R> => {
+    const now = clock.unsafeCurrentTimeMillis()
+    return onEntryForCompute(key, syncGet!(key, now), now, compute, r, options)
+  }
+
   const getOrCompute = <E, R>(
     key: string,
     compute: Effect.Effect<A, E, R>,
@@ -594,12 +660,22 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
     const r = resolve(defaults, options)
     if (!isResolved(r)) return Effect.fail(r)
     if (syncGet !== undefined) {
-      return Effect.clockWith((clock) => {
-        const now = clock.unsafeCurrentTimeMillis()
-        return onEntryForCompute(key, syncGet(key, now), now, compute, r, options)
-      })
+      return new Lookup<
+        A,
+        E | ComputeTimeout | CacheApi.InputError,
+        R,
+        Effect.Effect<A, E, R>,
+        Resolved,
+        typeof options
+      >(
+        readOrComputeSync,
+        key,
+        compute,
+        r,
+        options
+      )
     }
-    return Effect.clockWith((clock) =>
+    return Effect.suspend(() =>
       Effect.matchEffect(backend.get(key), {
         // A backend that is down falls back to the compute (single-flight still applies).
         onFailure: () =>

@@ -1,0 +1,207 @@
+/**
+ * Stampede protection: 1,000 concurrent callers miss one key whose compute takes 20 ms. Counts the
+ * computes and measures the wall time until every caller has its value (target: one compute, all
+ * done within 1.2x the compute time, i.e. 24 ms). Side by side with effect's `Cache` (its lookup is
+ * deduplicated too), bentocache `getOrSet` (memory driver) and cache-manager `wrap`.
+ *
+ * Writes the table into bench/README.md under "## Single-flight" (only that section).
+ * Run: `npm run bench -- single-flight`.
+ */
+import { Cache, MemoryBackend } from "@cachekit/core"
+import { BentoCache, bentostore } from "bentocache"
+import { memoryDriver } from "bentocache/drivers/memory"
+import { createCache } from "cache-manager"
+import { Cache as EffectCache, Deferred, Duration, Effect, Layer, ManagedRuntime, Schema } from "effect"
+import { readFile, writeFile } from "node:fs/promises"
+import { setTimeout as sleep } from "node:timers/promises"
+
+const CALLERS = 1_000
+const COMPUTE_MS = 20
+const ROUNDS = 7
+const TARGET_MS = COMPUTE_MS * 1.2
+
+interface Result {
+  readonly name: string
+  readonly computes: ReadonlyArray<number>
+  readonly millis: ReadonlyArray<number>
+  /** CPU time of this process per round: the wall time minus what other processes on the machine took. */
+  readonly cpuMillis: ReadonlyArray<number>
+}
+
+const cpuNow = () => {
+  const usage = process.cpuUsage()
+  return (usage.user + usage.system) / 1000
+}
+
+/** Runs `round` ROUNDS times on a fresh key each time; `round` returns how many computes ran. */
+const measure = async (name: string, round: (key: string) => Promise<number>): Promise<Result> => {
+  await round("warm-up") // JIT and lazy initialisation, not counted
+  const computes: Array<number> = []
+  const millis: Array<number> = []
+  const cpuMillis: Array<number> = []
+  for (let i = 0; i < ROUNDS; i++) {
+    const start = performance.now()
+    const cpuStart = cpuNow()
+    computes.push(await round(`key-${i}`))
+    millis.push(performance.now() - start)
+    cpuMillis.push(cpuNow() - cpuStart)
+  }
+  return { name, computes, millis, cpuMillis }
+}
+
+const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
+
+const main = async () => {
+  const runtime = ManagedRuntime.make(Cache.layer({ ttl: "1 hour" }).pipe(Layer.provide(MemoryBackend.layer())))
+  const text = (await runtime.runPromise(Cache.Cache)).typed(Schema.String)
+
+  const results: Array<Result> = []
+
+  results.push(
+    await measure("cachekit getOrCompute", async (key) => {
+      let computes = 0
+      const compute = Effect.sleep(Duration.millis(COMPUTE_MS)).pipe(
+        Effect.zipRight(Effect.sync(() => ++computes)),
+        Effect.as("value")
+      )
+      const values = await runtime.runPromise(
+        Effect.all(Array.from({ length: CALLERS }, () => text.getOrCompute(key, compute)), { concurrency: "unbounded" })
+      )
+      if (values.length !== CALLERS || values.some((v) => v !== "value")) throw new Error("wrong values")
+      return computes
+    })
+  )
+
+  // The floor: the same 1,000 fibers (Effect.all, unbounded) awaiting one Deferred that a 20 ms
+  // timer completes, with no cache at all. What cachekit adds is the difference to this row.
+  results.push(
+    await measure("baseline: 1,000 fibers awaiting one Deferred (no cache)", async () => {
+      await Effect.runPromise(Effect.gen(function*() {
+        const done = yield* Deferred.make<string>()
+        yield* Effect.forkDaemon(
+          Effect.sleep(Duration.millis(COMPUTE_MS)).pipe(Effect.zipRight(Deferred.succeed(done, "value")))
+        )
+        yield* Effect.all(Array.from({ length: CALLERS }, () => Deferred.await(done)), { concurrency: "unbounded" })
+      }))
+      return Number.NaN // no compute to count
+    })
+  )
+
+  let effectComputes = 0
+  const effectCache = await Effect.runPromise(
+    EffectCache.make({
+      capacity: 10_000,
+      timeToLive: Duration.hours(1),
+      lookup: (_key: string) =>
+        Effect.sleep(Duration.millis(COMPUTE_MS)).pipe(
+          Effect.zipRight(Effect.sync(() => ++effectComputes)),
+          Effect.as("value")
+        )
+    })
+  )
+  results.push(
+    await measure("effect Cache.get (lookup)", async (key) => {
+      effectComputes = 0
+      await Effect.runPromise(
+        Effect.all(Array.from({ length: CALLERS }, () => effectCache.get(key)), { concurrency: "unbounded" })
+      )
+      return effectComputes
+    })
+  )
+
+  const bento = new BentoCache({
+    default: "memory",
+    stores: { memory: bentostore().useL1Layer(memoryDriver({ maxItems: 10_000 })) }
+  })
+  results.push(
+    await measure("bentocache getOrSet", async (key) => {
+      let computes = 0
+      const factory = async () => {
+        computes++
+        await sleep(COMPUTE_MS)
+        return "value"
+      }
+      await Promise.all(Array.from({ length: CALLERS }, () => bento.getOrSet({ key, factory, ttl: "1h" })))
+      return computes
+    })
+  )
+
+  const manager = createCache({ ttl: 3_600_000 })
+  results.push(
+    await measure("cache-manager wrap", async (key) => {
+      let computes = 0
+      const factory = async () => {
+        computes++
+        await sleep(COMPUTE_MS)
+        return "value"
+      }
+      await Promise.all(Array.from({ length: CALLERS }, () => manager.wrap(key, factory, 3_600_000)))
+      return computes
+    })
+  )
+
+  const rows = results.map((r) => {
+    const med = median(r.millis)
+    return `| ${r.name} | ${r.computes.map((c) => (Number.isNaN(c) ? "-" : String(c))).join(", ")} | ${
+      med.toFixed(1)
+    } | ${Math.min(...r.millis).toFixed(1)} | ${(med / COMPUTE_MS).toFixed(2)}x | ${median(r.cpuMillis).toFixed(1)} |`
+  })
+  const table = [
+    `| library | computes per round (${ROUNDS} rounds) | median ms | best ms | median / compute time | median CPU ms |`,
+    "|---|---|---:|---:|---:|---:|",
+    ...rows
+  ]
+  console.log(table.join("\n"))
+
+  const ours = results[0]!
+  const oneCompute = ours.computes.every((c) => c === 1)
+  const withinTarget = median(ours.millis) <= TARGET_MS
+  const verdict =
+    `cachekit: ${oneCompute ? "one compute in every round" : "MORE THAN ONE COMPUTE"}; median ${
+      median(ours.millis).toFixed(1)
+    } ms (best ${Math.min(...ours.millis).toFixed(1)} ms, ${
+      median(ours.cpuMillis).toFixed(1)
+    } CPU ms) vs target ${TARGET_MS} ms ` +
+    `(1.2x the ${COMPUTE_MS} ms compute): ${withinTarget ? "met" : "not met"}.`
+  console.log("\n" + verdict)
+
+  await writeSection(
+    "Single-flight",
+    [
+      `Measured by \`npm run bench -- single-flight\` (${
+        new Date().toISOString().slice(0, 10)
+      }, Node ${process.version}, ` +
+      `shared 2-core machine). ${CALLERS} concurrent callers miss one key whose compute takes ${COMPUTE_MS} ms ` +
+      `(a timer); wall time from the first call until every caller has its value, ${ROUNDS} rounds on fresh keys. ` +
+      "The compute's own timer is part of the time, so event-loop delay on a loaded machine shows up here. " +
+      "The baseline row is the floor set by the Effect runtime itself (the same fibers and one Deferred, no cache).",
+      "",
+      ...table,
+      "",
+      verdict
+    ].join("\n")
+  )
+  await bento.disconnect()
+  await runtime.dispose()
+  if (!oneCompute) process.exit(1)
+}
+
+/** Replaces (or appends) one `## title` section of bench/README.md, leaving every other section as it is. */
+const writeSection = async (title: string, body: string) => {
+  const file = new URL("./README.md", import.meta.url)
+  const text = await readFile(file, "utf8").catch(() => "# Benchmarks\n")
+  const heading = `## ${title}`
+  const section = `${heading}\n\n${body}\n`
+  const start = text.indexOf(`${heading}\n`)
+  if (start === -1) {
+    await writeFile(file, `${text.trimEnd()}\n\n${section}`)
+    return
+  }
+  const next = text.indexOf("\n## ", start + heading.length)
+  await writeFile(file, text.slice(0, start) + section + (next === -1 ? "" : text.slice(next)))
+}
+
+main().catch((error) => {
+  console.error(error)
+  process.exit(1)
+})
