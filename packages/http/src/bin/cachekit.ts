@@ -5,12 +5,36 @@
  *
  * @since 0.1.0
  */
-import { NodeRuntime } from "@effect/platform-node"
-import { Exit } from "effect"
-import { main } from "../internal/cli.js"
+import { runMain } from "@effect/platform-node/NodeRuntime"
+import { Console, Effect, Either, Exit } from "effect"
+import { helpText, parse, version } from "../internal/cliArgs.js"
 
-NodeRuntime.runMain(main(process.argv.slice(2)), {
+const main = (argv: ReadonlyArray<string>): Effect.Effect<number> =>
+  Effect.gen(function*() {
+    const command = parse(argv)
+    if (Either.isLeft(command)) {
+      yield* Console.error(`cachekit: ${command.left.message}`)
+      return 2
+    }
+    switch (command.right._tag) {
+      case "Help": {
+        yield* Console.log(helpText())
+        return 0
+      }
+      case "Version": {
+        yield* Console.log(version())
+        return 0
+      }
+      case "Proxy": {
+        // Loaded only now: help and usage errors answer without loading servers and backends.
+        const cli = yield* Effect.promise(() => import("../internal/cli.js"))
+        return yield* cli.runProxyCommand(command.right.settings)
+      }
+    }
+  })
+
+runMain(main(process.argv.slice(2)), {
   disableErrorReporting: true,
-  // exit code from `main`; an interrupt (SIGINT/SIGTERM after draining) is a clean stop
+  // exit code from `main`; an interrupt (SIGINT/SIGTERM, after draining) is a clean stop
   teardown: (exit, onExit) => onExit(Exit.isSuccess(exit) ? Number(exit.value) : Exit.isInterrupted(exit) ? 0 : 1)
 })

@@ -11,13 +11,13 @@ import { MemoryBackend } from "@cachekit/core"
 import type { HttpClient } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
 import { Config, ConfigError, Console, Context, Effect, Either, Layer, Option } from "effect"
-import { readFileSync } from "node:fs"
 import * as Proxy from "../Proxy.js"
 import type { BackendKind } from "./cliArgs.js"
 import type { CliError } from "./cliArgs.js"
-import { BACKENDS, configProvider, helpText, parse, parseSize } from "./cliArgs.js"
+import { BACKENDS, configProvider } from "./cliArgs.js"
 import * as DemoOrigin from "./demoOrigin.js"
 import { durationConfig, millisConfig, portConfig } from "./proxy.js"
+import { parseSize } from "./units.js"
 
 const sizeConfig = (name: string): Config.Config<Option.Option<number>> =>
   Config.option(
@@ -157,15 +157,6 @@ const runProxy = Effect.gen(function*() {
   return yield* Effect.never
 }).pipe(Effect.scoped)
 
-const version = (): string => {
-  try {
-    const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version?: string }
-    return pkg.version ?? "unknown"
-  } catch {
-    return "unknown"
-  }
-}
-
 /** A readable line for any failure the command can end with. */
 export const describeFailure = (
   error: CliError | ConfigError.ConfigError | Proxy.InvalidUpstream | Proxy.ServeError | CacheError.CacheError
@@ -187,36 +178,17 @@ export const describeFailure = (
 }
 
 /**
- * `cachekit <argv>`: resolves to the process exit code (0 ok, 1 runtime failure, 2 usage error).
- * The proxy itself runs until the fiber is interrupted (SIGINT/SIGTERM through `NodeRuntime`).
+ * `cachekit proxy` with its parsed flags: resolves to the exit code (0 after a clean stop, 1 on a
+ * runtime failure, 2 on a bad setting). Runs until interrupted (SIGINT/SIGTERM via `NodeRuntime`).
  */
-export const main = (argv: ReadonlyArray<string>): Effect.Effect<number> =>
-  Effect.gen(function*() {
-    const command = parse(argv)
-    if (Either.isLeft(command)) {
-      yield* Console.error(`cachekit: ${command.left.message}`)
-      return 2
-    }
-    switch (command.right._tag) {
-      case "Help": {
-        yield* Console.log(helpText())
-        return 0
-      }
-      case "Version": {
-        yield* Console.log(version())
-        return 0
-      }
-      case "Proxy": {
-        return yield* runProxy.pipe(
-          Effect.withConfigProvider(configProvider(command.right.settings)),
-          Effect.as(0),
-          Effect.catchAll((error) =>
-            Effect.as(
-              Console.error(`cachekit: ${describeFailure(error)}`),
-              ConfigError.isConfigError(error) || error._tag === "InvalidUpstream" ? 2 : 1
-            )
-          )
-        )
-      }
-    }
-  })
+export const runProxyCommand = (flags: ReadonlyMap<string, string>): Effect.Effect<number> =>
+  runProxy.pipe(
+    Effect.withConfigProvider(configProvider(flags)),
+    Effect.as(0),
+    Effect.catchAll((error) =>
+      Effect.as(
+        Console.error(`cachekit: ${describeFailure(error)}`),
+        ConfigError.isConfigError(error) || error._tag === "InvalidUpstream" ? 2 : 1
+      )
+    )
+  )

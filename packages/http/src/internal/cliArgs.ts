@@ -6,7 +6,10 @@
  * @internal
  */
 import { ConfigProvider, Data, Either } from "effect"
-import { parseDurationMillis } from "./proxy.js"
+import { readFileSync } from "node:fs"
+import { parseDurationMillis, parseSize } from "./units.js"
+
+export { parseSize }
 
 /** A command line the parser rejects, with a message meant for the user. */
 export class CliError extends Data.TaggedError("CliError")<{
@@ -118,30 +121,6 @@ export type Command =
   | { readonly _tag: "Help" }
   | { readonly _tag: "Version" }
   | { readonly _tag: "Proxy"; readonly settings: ReadonlyMap<string, string> }
-
-const SIZE_UNITS: Readonly<Record<string, number>> = {
-  "": 1,
-  b: 1,
-  k: 1024,
-  kb: 1024,
-  kib: 1024,
-  m: 1024 ** 2,
-  mb: 1024 ** 2,
-  mib: 1024 ** 2,
-  g: 1024 ** 3,
-  gb: 1024 ** 3,
-  gib: 1024 ** 3
-}
-
-/** Bytes from "1048576", "512k", "64MiB", "1g" (binary units); `undefined` when not a size. */
-export const parseSize = (text: string): number | undefined => {
-  const match = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(text)
-  if (match === null) return undefined
-  const factor = SIZE_UNITS[(match[2] ?? "").toLowerCase()]
-  if (factor === undefined) return undefined
-  const bytes = Math.floor(Number(match[1]) * factor)
-  return Number.isSafeInteger(bytes) ? bytes : undefined
-}
 
 /** Checks one value; returns the normalised setting or a message. */
 const checkValue = (spec: FlagSpec, value: string): Either.Either<string, string> => {
@@ -281,4 +260,14 @@ export const helpText = (): string => {
     ...lines,
     ""
   ].join("\n")
+}
+
+/** The package version, for `--version`. */
+export const version = (): string => {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version?: string }
+    return pkg.version ?? "unknown"
+  } catch {
+    return "unknown"
+  }
 }

@@ -9,6 +9,7 @@ import { NodeHttpServerRequest } from "@effect/platform-node"
 import { Config, ConfigError, Data, Duration, Effect, Either, Stream } from "effect"
 import type * as Http from "node:http"
 import { appendForwardedFor, appendVia, REQUEST_DROP, stripHopByHop } from "./proxyHeaders.js"
+import { parseDurationMillis } from "./units.js"
 
 /** Options resolved once when the layer is built (never per request). */
 export interface Resolved {
@@ -44,36 +45,6 @@ export const resolve = (options: {
     ? undefined
     : new Set(options.stripResponseFields.map((name) => name.trim().toLowerCase()))
 })
-
-// ---------------------------------------------------------------------------------------------
-// Durations from config: "1500" (milliseconds), "1500ms", "5s", "2m", or Effect's "5 seconds"
-// ---------------------------------------------------------------------------------------------
-
-const UNIT_MILLIS: Readonly<Record<string, number>> = {
-  ms: 1,
-  millis: 1,
-  s: 1000,
-  sec: 1000,
-  seconds: 1000,
-  second: 1000,
-  m: 60_000,
-  min: 60_000,
-  minutes: 60_000,
-  minute: 60_000,
-  h: 3_600_000,
-  hours: 3_600_000,
-  hour: 3_600_000
-}
-
-/** Milliseconds from "1500", "1500ms", "5s", "5 seconds", "2m"...; `undefined` when not a duration. */
-export const parseDurationMillis = (text: string): number | undefined => {
-  const match = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(text)
-  if (match === null) return undefined
-  const amount = Number(match[1])
-  const unit = (match[2] ?? "").toLowerCase()
-  const factor = unit === "" ? 1 : UNIT_MILLIS[unit]
-  return factor === undefined || !Number.isFinite(amount) ? undefined : amount * factor
-}
 
 /** A port setting (0 = any free port), with a default. */
 export const portConfig = (name: string, defaultPort: number): Config.Config<number> =>
