@@ -250,6 +250,62 @@ describe("header fuzzing (property tests)", () => {
     )
   })
 
+  it("RFC 9213 a targeted field with no-store is never stored by a shared cache, whatever Cache-Control says", () => {
+    fc.assert(
+      fc.property(
+        fc.tuple(directives, fc.nat({ max: 6 })).map(([list, at]) =>
+          joinDirectives(
+            [...list.slice(0, at), "no-store", ...list.slice(at)].filter((d) => !/must-understand/i.test(d))
+          )
+        ),
+        responseHeaders(cacheControl, false),
+        status,
+        (targeted, resHeaders, s) => {
+          const res = { status: s, headers: { ...resHeaders, "cdn-cache-control": targeted } }
+          const req = { method: "GET", url: "http://origin.test/", headers: {} }
+          expect(HttpCachePolicy.storability(req, res, { shared: true }).storable).toBe(false)
+        }
+      ),
+      { numRuns: 200 }
+    )
+  })
+
+  it("§3 header name case never changes a decision", () => {
+    const mixCase = (headers: Record<string, string>, pattern: ReadonlyArray<boolean>) =>
+      Object.fromEntries(
+        Object.entries(headers).map((
+          [name, value],
+          i
+        ) => [pattern[i % pattern.length] ? name.toUpperCase() : name, value])
+      )
+    fc.assert(
+      fc.property(
+        requestHeaders,
+        responseHeaders(),
+        options,
+        status,
+        fc.array(fc.boolean(), { minLength: 1, maxLength: 5 }),
+        fc.nat({ max: 100_000 }),
+        (reqHeaders, resHeaders, opts, s, pattern, elapsed) => {
+          const req = { method: "GET", url: "http://origin.test/", headers: reqHeaders }
+          const res = { status: s, headers: resHeaders }
+          const reqMixed = { ...req, headers: mixCase(reqHeaders, pattern) }
+          const resMixed = { status: s, headers: mixCase(resHeaders, pattern) }
+          expect(HttpCachePolicy.storability(reqMixed, resMixed, opts)).toEqual(
+            HttpCachePolicy.storability(req, res, opts)
+          )
+          const times = { requestTime: T0, responseTime: T0 }
+          const stored = HttpCachePolicy.store(req, res, times, opts)
+          expect(HttpCachePolicy.store(reqMixed, resMixed, times, opts)).toEqual(stored)
+          expect(HttpCachePolicy.lookup(stored, reqMixed, T0 + elapsed, opts)).toEqual(
+            HttpCachePolicy.lookup(stored, req, T0 + elapsed, opts)
+          )
+        }
+      ),
+      { numRuns: 200 }
+    )
+  })
+
   it("§3.5 a shared cache never stores a response to Authorization without public, s-maxage or must-revalidate", () => {
     const allowing = /^\s*(public|s-maxage|must-revalidate)\s*(=|$)/i
     fc.assert(
