@@ -203,7 +203,7 @@ describe("header fuzzing (property tests)", () => {
           }
         }
       ),
-      { numRuns: 400 }
+      { numRuns: 250 }
     )
   })
 
