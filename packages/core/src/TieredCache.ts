@@ -50,7 +50,11 @@ export interface Tier {
   readonly writeThrough?: boolean | undefined
   /** Entries larger than this (bytes) skip this tier. */
   readonly maxEntrySize?: number | undefined
-  /** Per-operation timeout; a timeout counts as a failure for the breaker. Default 1 second. */
+  /**
+   * Per-operation timeout; a timeout counts as a failure for the breaker. Default: none, the
+   * backend's own (the Redis and Memcached backends time out every command, 1 second by default).
+   * Set it for a backend that can hang: it costs a fiber race per call (measured in bench/tiers).
+   */
   readonly timeout?: Duration.DurationInput | undefined
   /** Circuit breaker, or `false` to call the tier whatever happens. */
   readonly breaker?:

@@ -405,4 +405,20 @@ describe("TieredCache under the Cache service", () => {
       yield* Fiber.join(reader)
       expect(l1.store.has("k")).toBe(false)
     }))
+
+  it.scoped("a reader interrupted mid-walk does not strand the readers sharing its walk", () =>
+    Effect.gen(function*() {
+      const l1 = makeMapBackend("l1", { sync: true })
+      const l2 = makeMapBackend("l2", { readLatency: "10 millis" })
+      const tiered = yield* TieredCache.make([{ backend: l1 }, { backend: l2 }])
+      l2.store.set("k", yield* makeEntry("v", MINUTE))
+      const first = yield* Effect.fork(tiered.get("k"))
+      yield* settle(() => l2.calls.get === 1)
+      const second = yield* Effect.fork(tiered.get("k"))
+      yield* quiesce
+      yield* Fiber.interrupt(first)
+      yield* TestClock.adjust("10 millis")
+      expect(Option.map(yield* Fiber.join(second), str)).toEqual(Option.some("v"))
+      expect(l2.calls.get).toBe(2) // it walked again on its own
+    }))
 })

@@ -93,7 +93,7 @@ interface TierRuntime {
   readonly promotionHits: Map<string, { count: number; windowStart: number }>
   readonly writeThrough: boolean
   readonly maxEntrySize: number
-  readonly timeout: Duration.Duration
+  readonly timeout: Duration.Duration | undefined
   readonly timeoutMillis: number
   readonly breaker: CircuitBreaker | undefined
   readonly local: boolean
@@ -114,7 +114,7 @@ const zero = (): Counters => ({ hits: 0, misses: 0, promotions: 0, errors: 0, ti
 const resolveTier = (tier: Tier, index: number): TierRuntime => {
   const name = tier.name ?? `${tier.backend.name}#${index + 1}`
   const promote = tier.promote ?? "always"
-  const timeout = Duration.decode(tier.timeout ?? "1 second")
+  const timeout = tier.timeout === undefined ? undefined : Duration.decode(tier.timeout)
   const breakerOptions = tier.breaker === false ? undefined : tier.breaker ?? {}
   return {
     index,
@@ -132,7 +132,7 @@ const resolveTier = (tier: Tier, index: number): TierRuntime => {
       tier.backend.maxEntrySize ?? Number.POSITIVE_INFINITY
     ),
     timeout,
-    timeoutMillis: Duration.toMillis(timeout),
+    timeoutMillis: timeout === undefined ? Number.POSITIVE_INFINITY : Duration.toMillis(timeout),
     breaker: breakerOptions === undefined ? undefined : new CircuitBreaker({
       failureThreshold: Math.max(1, breakerOptions.failureThreshold ?? 5),
       resetAfterMillis: Duration.toMillis(breakerOptions.resetAfter ?? "30 seconds")
@@ -249,11 +249,14 @@ const guarded = <A>(
     return Effect.succeed(SKIPPED)
   }
   const started = performance.now()
-  return effect.pipe(
-    Effect.timeoutFail({
-      duration: tier.timeout,
-      onTimeout: () => backendTimeout(tier.name, operation, tier.timeoutMillis)
-    }),
+  const timeout = tier.timeout
+  // Effect's timeout races two fibers per call: on an L2 hit that costs more than the Redis round
+  // trip itself, so it is opt-in (the project's network backends time out their own commands).
+  const bounded = timeout === undefined ? effect : Effect.timeoutFail(effect, {
+    duration: timeout,
+    onTimeout: () => backendTimeout(tier.name, operation, tier.timeoutMillis)
+  })
+  return bounded.pipe(
     Effect.matchCauseEffect({
       onSuccess: (a) => {
         breaker?.onSuccess()
@@ -301,7 +304,6 @@ export const make = (
   options?: Options & { readonly bus?: InvalidationBus | undefined }
 ): Effect.Effect<TieredCache, InvalidationBusError, Scope.Scope> =>
   Effect.gen(function*() {
-    const scope = yield* Effect.scope
     const tiers = tierConfigs.map(resolveTier)
     const count = tiers.length
     const bus = options?.bus
@@ -389,25 +391,25 @@ export const make = (
     /**
      * The walk below L1 is single-flight per key: concurrent misses of one key share one walk (one
      * call per lower tier), so with the Cache service's single-flight compute on top, N concurrent
-     * misses cost one walk and one compute. The walk runs in the layer's scope, so a caller that is
-     * interrupted does not interrupt it for the others.
+     * misses cost one walk and one compute. The first reader runs the walk in its own fiber (no
+     * fork on the L2 hit path); if it is interrupted, the readers waiting on it walk again.
      */
     const walks = new Map<string, Walk>()
     const sharedWalk = (key: string, from: number, now: number): Effect.Effect<Option.Option<CacheEntry>> => {
       if (from >= count) return none
       const existing = walks.get(key)
-      if (existing !== undefined) return Deferred.await(existing.deferred)
+      if (existing !== undefined) {
+        return Effect.catchAllCause(
+          Deferred.await(existing.deferred),
+          (cause) => Cause.isInterruptedOnly(cause) ? sharedWalk(key, from, now) : Effect.failCause(cause)
+        )
+      }
       const token: Walk = { deferred: Deferred.unsafeMake(FiberId.none), superseded: false }
       walks.set(key, token)
-      return walk(key, from, now, token).pipe(
-        Effect.exit,
-        Effect.flatMap((exit) => {
-          if (walks.get(key) === token) walks.delete(key)
-          return Deferred.done(token.deferred, exit)
-        }),
-        Effect.forkIn(scope),
-        Effect.zipRight(Deferred.await(token.deferred))
-      )
+      return Effect.onExit(walk(key, from, now, token), (exit) => {
+        if (walks.get(key) === token) walks.delete(key)
+        return Deferred.done(token.deferred, exit)
+      })
     }
 
     /** A write or invalidation of `key`: in-flight walks must not promote what they found, new reads walk again. */
