@@ -5,6 +5,13 @@
  *
  * @since 0.1.0
  */
+import { createHash } from "node:crypto"
+
+export interface DashboardPage {
+  readonly html: string
+  /** Allows exactly the page's own inline script and style (by hash), same-origin fetches, no framing. */
+  readonly contentSecurityPolicy: string
+}
 
 /** The page, with `base` (the mount prefix, e.g. `"/admin"`) baked in for its API calls. */
 export const dashboardHtml = (options: { readonly base: string; readonly pollMillis?: number | undefined }): string =>
@@ -12,12 +19,35 @@ export const dashboardHtml = (options: { readonly base: string; readonly pollMil
     .replace("__BASE__", () => JSON.stringify(options.base).replace(/</g, "\\u003c"))
     .replace("__POLL__", () => String(Math.max(250, options.pollMillis ?? 1000)))
 
+const sha256 = (text: string) => `'sha256-${createHash("sha256").update(text, "utf8").digest("base64")}'`
+
+/** The page and the Content-Security-Policy that goes with it. */
+export const make = (options: { readonly base: string; readonly pollMillis?: number | undefined }): DashboardPage => {
+  const html = dashboardHtml(options)
+  const script = /<script>([\s\S]*?)<\/script>/.exec(html)?.[1] ?? ""
+  const style = /<style>([\s\S]*?)<\/style>/.exec(html)?.[1] ?? ""
+  return {
+    html,
+    contentSecurityPolicy: [
+      "default-src 'none'",
+      `script-src ${sha256(script)}`,
+      `style-src ${sha256(style)}`,
+      "connect-src 'self'",
+      "img-src 'self' data:",
+      "frame-ancestors 'none'",
+      "base-uri 'none'",
+      "form-action 'none'"
+    ].join("; ")
+  }
+}
+
 const page = `<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>cachekit admin</title>
+<link rel="icon" href="data:,">
 <style>
   :root { --bg:#0f172a; --card:#1e293b; --fg:#e2e8f0; --muted:#94a3b8; --accent:#38bdf8; --ok:#4ade80; --bad:#f87171; }
   * { box-sizing: border-box; }

@@ -496,6 +496,26 @@ describe("documents and mounting", () => {
       })
     ))
 
+  it.scopedLive("sends no-store and anti-sniffing/framing headers, and a hash-based CSP with the dashboard", () =>
+    withHarness((h) =>
+      Effect.gen(function*() {
+        for (const path of ["/admin/stats", "/admin/nope", "/admin/dashboard"]) {
+          const res = yield* raw({ port: h.port, path, headers: bearer(READ_TOKEN) })
+          expect(res.headers["cache-control"], path).toBe("no-store")
+          expect(res.headers["x-content-type-options"], path).toBe("nosniff")
+          expect(res.headers["x-frame-options"], path).toBe("DENY")
+        }
+        const page = yield* raw({ port: h.port, path: "/admin/" })
+        expect(page.status).toBe(200)
+        expect(page.headers["content-type"]).toContain("text/html")
+        const csp = String(page.headers["content-security-policy"])
+        expect(csp).toMatch(/script-src 'sha256-[A-Za-z0-9+/=]+'/)
+        expect(csp).not.toContain("unsafe-inline")
+        expect(csp).toContain("frame-ancestors 'none'")
+        expect(page.body).toContain("const BASE = \"/admin\"")
+      })
+    ))
+
   it.scopedLive("serves at the root when no prefix is given", () =>
     withHarness((h) =>
       Effect.gen(function*() {

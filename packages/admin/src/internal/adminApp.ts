@@ -16,7 +16,7 @@ import type { Role } from "../AdminAuth.js"
 import { AdminAuthTag } from "../AdminAuth.js"
 import type { AdminTargetError } from "../AdminTarget.js"
 import { AdminTargetTag } from "../AdminTarget.js"
-import { dashboardHtml } from "../Dashboard.js"
+import * as Dashboard from "../Dashboard.js"
 import type { OperationRecord } from "../OperationLog.js"
 import { currentRequestId, OperationLogTag, timed } from "../OperationLog.js"
 import * as PrometheusMetrics from "../PrometheusMetrics.js"
@@ -306,7 +306,10 @@ export const makeApp = (
       return HttpServerResponse.text(text, { contentType: PrometheusMetrics.contentType })
     })
 
-    const page = HttpServerResponse.html(dashboardHtml({ base: prefix, pollMillis: options.dashboardPollMillis }))
+    const dashboard = Dashboard.make({ base: prefix, pollMillis: options.dashboardPollMillis })
+    const page = HttpServerResponse.html(dashboard.html).pipe(
+      HttpServerResponse.setHeader("content-security-policy", dashboard.contentSecurityPolicy)
+    )
     const openApiDoc = OpenApi.fromApi(servedApi)
 
     const extraRoutes = HttpApiBuilder.Router.use((router) =>
@@ -364,7 +367,14 @@ export const makeApp = (
         Metric.tagged(Metric.tagged(requestsTotal, "route", route), "status", String(response.status))
       )
       yield* Metric.update(Metric.tagged(requestDuration, "route", route), elapsed)
-      return HttpServerResponse.setHeader(response, "x-request-id", requestId)
+      return HttpServerResponse.setHeaders(response, {
+        "x-request-id": requestId,
+        // admin answers are live data: never stored by a shared cache (the caching proxy included)
+        "cache-control": "no-store",
+        "x-content-type-options": "nosniff",
+        "x-frame-options": "DENY",
+        "referrer-policy": "no-referrer"
+      })
     })
     return app
   })
