@@ -10,6 +10,14 @@ declare module "ioredis" {
   interface RedisCommander<Context> {
     /** SADD member to a tag set and make its TTL at least `ttl` ms (`-1`: persist). */
     cachekitTagLink(tagSetKey: string, member: string, ttl: string): Result<number, Context>
+    /** Writes an entry and its tag links atomically; returns the links it replaced. */
+    cachekitSet(
+      entryKey: string,
+      linksKey: string,
+      value: Buffer,
+      ttl: string,
+      ...tags: Array<string>
+    ): Result<Array<string>, Context>
   }
 }
 
@@ -29,6 +37,27 @@ elseif before == -2 or (before >= 0 and before < ttl) then
   redis.call('PEXPIRE', KEYS[1], ttl)
 end
 return 1
+`
+
+/**
+ * Writes an entry (KEYS[1]) and replaces its tag links (KEYS[2]) in one step, returning the old
+ * links so the caller can unlink the key from tags it lost. Both keys share a hash slot, so this
+ * stays valid on Redis Cluster. ARGV: value, TTL in ms (-1: none), tags...
+ */
+const SET_LUA = `
+local old = redis.call('SMEMBERS', KEYS[2])
+local ttl = tonumber(ARGV[2])
+if ttl < 0 then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+end
+if #old > 0 then redis.call('DEL', KEYS[2]) end
+if #ARGV > 2 then
+  redis.call('SADD', KEYS[2], unpack(ARGV, 3))
+  if ttl >= 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+end
+return old
 `
 
 /** Escapes glob metacharacters so a literal string can be used in SCAN MATCH. */
@@ -79,6 +108,7 @@ export const makeRedisBackend = (
             lastSocketError = error
           })
           c.defineCommand("cachekitTagLink", { numberOfKeys: 1, lua: TAG_LINK_LUA })
+          c.defineCommand("cachekitSet", { numberOfKeys: 2, lua: SET_LUA })
           try {
             await c.connect()
           } catch (cause) {
@@ -123,11 +153,10 @@ export const makeRedisBackend = (
     /** Runs a pipeline; the first command error fails the whole operation. */
     const pipeline = (
       operation: string,
-      build: (p: ReturnType<Redis["pipeline"]>) => void,
-      transaction = false
+      build: (p: ReturnType<Redis["pipeline"]>) => void
     ): Effect.Effect<Array<unknown>, CacheError.CacheError> =>
       call(operation, async () => {
-        const p = transaction ? client.multi() : client.pipeline()
+        const p = client.pipeline()
         build(p)
         const results = (await p.exec()) ?? []
         return results.map(([err, value]) => {
@@ -208,19 +237,12 @@ export const makeRedisBackend = (
         const ttl = CacheEntry.retainMillis(entry, now)
         const value = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
         const tags = [...new Set(entry.tags)]
-        // Entry and its links are written in one transaction (both in the entry's hash slot), reading
-        // the old links atomically; tag sets live in other slots and are updated in a second pipeline.
-        const results = yield* pipeline("set", (p) => {
-          p.smembers(linksKey(key))
-          if (ttl === undefined) p.set(entryKey(key), value)
-          else p.set(entryKey(key), value, "PX", ttl)
-          p.del(linksKey(key))
-          if (tags.length > 0) {
-            p.sadd(linksKey(key), ...tags)
-            if (ttl !== undefined) p.pexpire(linksKey(key), ttl)
-          }
-        }, true)
-        const oldTags = results[0] as Array<string>
+        // Entry and links in one script (one round trip, atomic, both in the entry's hash slot); tag
+        // sets live in other slots and are updated in a second pipeline, only when tags are involved.
+        const oldTags = yield* call(
+          "set",
+          () => client.cachekitSet(entryKey(key), linksKey(key), value, String(ttl ?? -1), ...tags)
+        )
         const dropped = oldTags.filter((t) => !tags.includes(t))
         if (tags.length > 0 || dropped.length > 0) {
           yield* pipeline("set tags", (p) => {
