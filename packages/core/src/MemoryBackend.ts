@@ -35,6 +35,18 @@ import { WTinyLfu } from "./internal/wtinylfu.js"
 
 export type { RemovalReason } from "./internal/wtinylfu.js"
 
+/**
+ * The eviction policy on its own: W-TinyLFU over any keys, synchronous, no Effect and no clock
+ * (deadlines are numbers the caller compares). Trace replays, benchmarks and other in-process
+ * stores drive it directly.
+ *
+ * @example
+ * const policy = new MemoryBackend.Policy<number, true>({ maxEntries: 1_000 })
+ * const hit = policy.access(42) // get, and load on a miss
+ */
+export { WTinyLfu as Policy } from "./internal/wtinylfu.js"
+export type { WTinyLfuOptions as PolicyOptions } from "./internal/wtinylfu.js"
+
 /** An entry that left the backend, and why. */
 export interface EvictionEvent {
   readonly key: string
