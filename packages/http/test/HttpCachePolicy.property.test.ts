@@ -382,6 +382,25 @@ describe("header fuzzing (property tests)", () => {
     )
   })
 
+  it("§4.1 Vary values are normalised like the reference: trim, collapse blanks, no blanks around , ; =", () => {
+    const reference = (v: string) => v.trim().replace(/[ \t]+/g, " ").replace(/ ?([,;=]) ?/g, "$1")
+    const text = fc.array(fc.constantFrom("a", "B", " ", "\t", ",", ";", "=", "q", "0.5"), { maxLength: 16 }).map((
+      l
+    ) => l.join(""))
+    fc.assert(
+      fc.property(text, (raw) => {
+        const stored = HttpCachePolicy.store(
+          { method: "GET", url: "/", headers: { "x-tenant": raw, "accept-language": raw } },
+          { status: 200, headers: { vary: "x-tenant, accept-language" } },
+          { requestTime: T0, responseTime: T0 },
+          { shared: true }
+        )
+        expect(stored.vary).toEqual({ "x-tenant": reference(raw), "accept-language": reference(raw).toLowerCase() })
+      }),
+      { numRuns: 300 }
+    )
+  })
+
   it("§4.2.4 in default mode Fresh means fresh, or stale within an accepted max-stale, never no-cache", () => {
     fc.assert(
       fc.property(

@@ -146,7 +146,24 @@ const minDefined = (a: number | undefined, b: number): number => a === undefined
  *   (no stale allowance; min-fresh 0 adds nothing).
  */
 export const parseCacheControlCounted = (value: string | undefined): readonly [CacheControl, number] => {
-  if (value === undefined || value.length === 0) return [EMPTY, 0]
+  if (value === undefined || value.length === 0) return EMPTY_RESULT
+  // Origins repeat the same few values: reuse the (frozen) result of a recent parse.
+  const recent = recentlyParsed.get(value)
+  if (recent !== undefined) return recent
+  const result = parseUncached(value)
+  if (value.length <= MEMO_MAX_LENGTH) {
+    if (recentlyParsed.size >= MEMO_MAX_ENTRIES) recentlyParsed.delete(recentlyParsed.keys().next().value!)
+    recentlyParsed.set(value, result)
+  }
+  return result
+}
+
+const EMPTY_RESULT: readonly [CacheControl, number] = Object.freeze([EMPTY, 0] as const)
+const MEMO_MAX_ENTRIES = 256
+const MEMO_MAX_LENGTH = 256
+const recentlyParsed = new Map<string, readonly [CacheControl, number]>()
+
+const parseUncached = (value: string): readonly [CacheControl, number] => {
   const cc: Mutable = { ...EMPTY, noCache: false, private: false }
   let count = 0
   for (const part of splitDirectives(value)) {
@@ -207,7 +224,9 @@ export const parseCacheControlCounted = (value: string | undefined): readonly [C
         break
     }
   }
-  return [cc, count]
+  if (typeof cc.noCache !== "boolean") Object.freeze(cc.noCache)
+  if (typeof cc.private !== "boolean") Object.freeze(cc.private)
+  return Object.freeze([Object.freeze(cc), count] as const)
 }
 
 /** Parses a Cache-Control field value; see {@link parseCacheControlCounted} for the leniency rules. */

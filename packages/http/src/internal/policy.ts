@@ -205,7 +205,10 @@ const varyRecord = (
   // A stored 206 answers only the same Range: treat Range as an implicit Vary field.
   const all = status === 206 && !names.includes("range") ? [...names, "range"] : names
   if (all.length === 0) return EMPTY_HEADERS
-  return Object.fromEntries(all.map((name) => [name, normaliseVaryValue(name, header(reqHeaders, name))]))
+  // Direct assignment is safe: varyNames never yields "__proto__".
+  const record: Record<string, string | null> = {}
+  for (const name of all) record[name] = normaliseVaryValue(name, header(reqHeaders, name))
+  return record
 }
 
 export const store = (

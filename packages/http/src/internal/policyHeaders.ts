@@ -113,8 +113,28 @@ const CASE_INSENSITIVE: ReadonlySet<string> = new Set([
 export const normaliseVaryValue = (name: string, value: string | undefined): string | null => {
   if (value === undefined) return null
   // Fast path for the common value without whitespace (e.g. "gzip,br", "en-US").
-  const v = value.indexOf(" ") === -1 && value.indexOf("\t") === -1
-    ? value
-    : value.trim().replace(/[ \t]+/g, " ").replace(/ ?([,;=]) ?/g, "$1")
+  const v = value.indexOf(" ") === -1 && value.indexOf("\t") === -1 ? value : collapseWhitespace(value)
   return CASE_INSENSITIVE.has(name) ? v.toLowerCase() : v
+}
+
+const isSeparator = (c: string): boolean => c === "," || c === ";" || c === "="
+
+/** Drops leading/trailing blanks and blanks next to `,` `;` `=`; other runs of blanks become one space. */
+const collapseWhitespace = (value: string): string => {
+  let out = ""
+  let blank = false
+  for (let i = 0; i < value.length; i++) {
+    const c = value[i]!
+    if (c === " " || c === "\t") {
+      blank = true
+    } else if (isSeparator(c)) {
+      out += c
+      blank = false
+    } else {
+      if (blank && out.length > 0 && !isSeparator(out[out.length - 1]!)) out += " "
+      out += c
+      blank = false
+    }
+  }
+  return out
 }
