@@ -19,7 +19,7 @@ const MASK = KEYS - 1
 const keys = Array.from({ length: KEYS }, (_, i) => `user:${i}`)
 const valueOf = (key: string) => `value of ${key}`
 /** Wall time each measured run aims at, and rounds per case (the best one counts). */
-const TARGET_MS = 200
+const TARGET_MS = 150
 const ROUNDS = 4
 
 interface Case {
@@ -81,6 +81,7 @@ const main = async () => {
   const text = cache.typed(Schema.String)
   for (const key of keys) await Effect.runPromise(text.set(key, valueOf(key)))
   const computeMiss = Effect.sync(() => "computed (a miss: must not happen here)")
+  const one = Effect.succeed(1)
 
   // ---- effect's Cache ----
   const effectCache = await Effect.runPromise(
@@ -140,11 +141,14 @@ const main = async () => {
       }
     },
     {
-      // Floors for the loops above: the same loop around only the work every hit must do anyway.
-      name: "floor: Effect.sync(Date.now + MemoryBackend.unsafeGetSync), one Effect loop",
-      run: effectLoop((k) => Effect.sync(() => memory.unsafeGetSync(k, Date.now())), (e) => (e === undefined ? 0 : 1))
+      // The floor under the loops above: the generator step of a ready value plus the work every hit
+      // must do (one clock read, one W-TinyLFU lookup). Done eagerly, which is not a valid cache API.
+      name: "floor: Date.now + unsafeGetSync + yield* of a ready value",
+      run: effectLoop((k) => {
+        memory.unsafeGetSync(k, Date.now())
+        return one
+      }, (x) => x)
     },
-    { name: "floor: Effect.succeed, one Effect loop", run: effectLoop(() => Effect.succeed(1), (x) => x) },
     {
       name: "effect Cache.get, one Effect loop (batched)",
       run: effectLoop((k) => effectCache.get(k), (s) => s.length)
@@ -204,6 +208,9 @@ const main = async () => {
   const ratio = (a: string, b: string) => results.get(a)! / results.get(b)!
   const loopVsEffect = ratio("cachekit Cache.get, one Effect loop", "effect Cache.get, one Effect loop (batched)")
   const wrapVsManager = ratio("cachekit getOrCompute hit, one Effect loop", "cache-manager wrap hit")
+  const floorName = "floor: Date.now + unsafeGetSync + yield* of a ready value"
+  const floorVsEffect = ratio(floorName, "effect Cache.get, one Effect loop (batched)")
+  const loopVsFloor = ratio("cachekit Cache.get, one Effect loop", floorName)
   const promiseVsEffect = ratio("cachekit Cache.get, runPromise per call", "effect Cache.get, runPromise per call")
   const promiseWrapVsManager = ratio("cachekit getOrCompute hit, runPromise per call", "cache-manager wrap hit")
 
@@ -221,6 +228,8 @@ const main = async () => {
     `| cachekit getOrCompute hit (Effect loop) / cache-manager wrap hit | ${wrapVsManager.toFixed(1)}x | >= 3x | ${
       wrapVsManager >= 3 ? "yes" : "no"
     } |`,
+    `| floor (see below) / effect Cache.get (batched) | ${floorVsEffect.toFixed(1)}x | (info) | |`,
+    `| cachekit Cache.get (Effect loop) / floor | ${loopVsFloor.toFixed(2)}x | (info) | |`,
     `| cachekit Cache.get / effect Cache.get, both runPromise per call | ${promiseVsEffect.toFixed(1)}x | (info) | |`,
     `| cachekit getOrCompute hit (runPromise per call) / cache-manager wrap hit | ${
       promiseWrapVsManager.toFixed(1)
@@ -236,7 +245,7 @@ const main = async () => {
       }, Node ${process.version}, ` +
       `${(await import("node:os")).cpus().length} cores shared with other work, so absolute numbers move by ~20%; ` +
       "the ratios come from one run). Every read is a hit on one of 1,024 warm string values; cachekit reads " +
-      "through a Schema-typed view (`cache.typed(Schema.String)`) on `MemoryBackend`. Rates are ops per CPU-second of the bench process (wall time on a shared machine mostly measures the scheduler). Cases run round-robin, 4 rounds of ~0.2 CPU-s each; the best round counts.",
+      "through a Schema-typed view (`cache.typed(Schema.String)`) on `MemoryBackend`. Rates are ops per CPU-second of the bench process (wall time on a shared machine mostly measures the scheduler). Cases run round-robin, 4 rounds of ~0.15 CPU-s each; the best round counts.",
       "",
       ...table,
       "",
@@ -248,11 +257,14 @@ const main = async () => {
       "the lookup when `yield*` reaches it, so a hit inside `Effect.gen` hands the generator a ready `Exit` " +
       "instead of going through the fiber's run loop (the read still happens at execution time).",
       "",
-      "The two floor rows are the same loop around only what every hit must do: a loop of `Effect.succeed` " +
-      "(the generator's own cost) and a loop of `Effect.sync` reading `Date.now()` and `MemoryBackend.unsafeGetSync` " +
-      "(the one Clock read plus the W-TinyLFU lookup). 10x effect's batched `Cache.get` is above the second floor " +
-      "on this machine, so that target cannot be met by any implementation that reads the clock and the backend " +
-      "per hit; cachekit's distance to that floor is what its own code costs."
+      "The floor row is the same loop around only what every hit must do, done eagerly: one `Date.now()` " +
+      "(the Clock read), one `MemoryBackend.unsafeGetSync` (the W-TinyLFU lookup) and a `yield*` of a ready " +
+      `value. In this run the floor is ${floorVsEffect.toFixed(1)}x effect's batched \`Cache.get\` ` +
+      (floorVsEffect < 10
+        ? "(below 10x: no cache that reads the clock and the backend per hit reaches 10x on this machine)"
+        : "(so 10x is reachable in principle)") +
+      `, and cachekit's \`Cache.get\` runs at ${(loopVsFloor * 100).toFixed(0)}% of the floor's rate; the ` +
+      "difference is what cachekit's own code costs per hit."
     ].join("\n")
   )
   await bento.disconnect()

@@ -189,24 +189,32 @@ const noneEffect: Effect.Effect<Option.Option<never>> = Effect.succeed(Option.no
  * hands the generator a ready `Exit` and skips a trip through the fiber's run loop. Either way the
  * read happens at execution time, never when the effect is built.
  */
-class Lookup<A, E, R, P1, P2, P3> extends Effectable.Class<A, E, R> {
-  // The step and its arguments are fields (not a closure) so that building the effect is one allocation.
+class Lookup<A, E, R, P1, P2, P3> {
+  // The step and its arguments are fields (not a closure) so that building the effect is one
+  // allocation; no `extends` (the Effect prototype is attached below) so construction is plain.
   constructor(
-    private readonly step: (key: string, p1: P1, p2: P2, p3: P3) => Effect.Effect<A, E, R>,
-    private readonly key: string,
-    private readonly p1: P1,
-    private readonly p2: P2,
-    private readonly p3: P3
-  ) {
-    super()
-  }
+    readonly step: (key: string, p1: P1, p2: P2, p3: P3) => Effect.Effect<A, E, R>,
+    readonly key: string,
+    readonly p1: P1,
+    readonly p2: P2,
+    readonly p3: P3
+  ) {}
   commit(): Effect.Effect<A, E, R> {
     return this.step(this.key, this.p1, this.p2, this.p3)
   }
-  override [Symbol.iterator](): Effect.EffectGenerator<Effect.Effect<A, E, R>> {
+  [Symbol.iterator](): Effect.EffectGenerator<Effect.Effect<A, E, R>> {
     return new Utils.SingleShotGen(new Utils.YieldWrap(this.step(this.key, this.p1, this.p2, this.p3)))
   }
 }
+Object.setPrototypeOf(Lookup.prototype, Effectable.CommitPrototype)
+
+const lookup = <A, E, R, P1, P2, P3>(
+  step: (key: string, p1: P1, p2: P2, p3: P3) => Effect.Effect<A, E, R>,
+  key: string,
+  p1: P1,
+  p2: P2,
+  p3: P3
+): Effect.Effect<A, E, R> => new Lookup(step, key, p1, p2, p3) as unknown as Effect.Effect<A, E, R>
 
 type Waiter = Deferred.Deferred<unknown, unknown>
 
@@ -389,7 +397,7 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
     if (invalid !== undefined) return Effect.fail(invalid)
     const allowStale = options?.allowStale === true
     if (syncGet !== undefined) {
-      return new Lookup(readSync, key, allowStale, undefined, undefined)
+      return lookup(readSync, key, allowStale, undefined, undefined)
     }
     return Effect.suspend(() =>
       Effect.flatMap(
@@ -437,7 +445,9 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
     options: CacheApi.ComputeOptions<A, E> | undefined,
     hasFallback: boolean
   ): Effect.Effect<Deferred.Deferred<A, E | ComputeTimeout | CacheApi.InputError>, never, R> =>
-    Effect.suspend(() => {
+    // Uninterruptible from registering the Deferred to forking the worker: an interruption in
+    // between would leave a Deferred nobody completes, and every later caller of the key stuck on it.
+    Effect.uninterruptible(Effect.suspend(() => {
       const existing = inflight.get(key)
       if (existing !== undefined) {
         return Effect.succeed(existing as Deferred.Deferred<A, E | ComputeTimeout | CacheApi.InputError>)
@@ -467,8 +477,9 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
           return Deferred.interrupt(deferred)
         }))
       )
-      return Effect.as(Effect.forkIn(worker, scope), deferred)
-    })
+      // The worker itself stays interruptible (hard timeout, scope close), whatever the flags here.
+      return Effect.as(Effect.forkIn(Effect.interruptible(worker), scope), deferred)
+    }))
 
   const storeValue = <E>(
     key: string,
@@ -544,22 +555,35 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
     r: Resolved,
     options: CacheApi.ComputeOptions<A, E> | undefined,
     fallback: Memo<A> | undefined
-  ): Effect.Effect<A, E | ComputeTimeout | CacheApi.InputError, R> =>
-    Effect.flatMap(startCompute(key, compute, r, options, fallback !== undefined), (deferred) => {
-      const wait = Deferred.await(deferred)
-      if (fallback === undefined) return wait
-      const serveStale = Effect.suspend(() => {
-        stats.bump("staleServed")
-        return fallback.succeed
-      })
-      const soft = Number.isFinite(r.softTimeout)
-        ? Effect.flatMap(
-          Effect.timeoutOption(wait, r.softTimeout),
-          (result) => Option.isSome(result) ? Effect.succeed(result.value) : serveStale
-        )
-        : wait
-      return r.failSafe ? Effect.catchAll(soft, () => serveStale) : soft
+  ): Effect.Effect<A, E | ComputeTimeout | CacheApi.InputError, R> => {
+    // Called at execution time: a caller that finds the key in flight just awaits it.
+    const existing = inflight.get(key) as Deferred.Deferred<A, E | ComputeTimeout | CacheApi.InputError> | undefined
+    if (existing !== undefined) return waitFor(existing, r, fallback)
+    return Effect.flatMap(
+      startCompute(key, compute, r, options, fallback !== undefined),
+      (deferred) => waitFor(deferred, r, fallback)
+    )
+  }
+
+  const waitFor = <E>(
+    deferred: Deferred.Deferred<A, E>,
+    r: Resolved,
+    fallback: Memo<A> | undefined
+  ): Effect.Effect<A, E> => {
+    const wait = Deferred.await(deferred)
+    if (fallback === undefined) return wait
+    const serveStale = Effect.suspend(() => {
+      stats.bump("staleServed")
+      return fallback.succeed
     })
+    const soft = Number.isFinite(r.softTimeout)
+      ? Effect.flatMap(
+        Effect.timeoutOption(wait, r.softTimeout),
+        (result) => Option.isSome(result) ? Effect.succeed(result.value) : serveStale
+      )
+      : wait
+    return r.failSafe ? Effect.catchAll(soft, () => serveStale) : soft
+  }
 
   const refreshInBackground = <E, R>(
     key: string,
@@ -647,7 +671,16 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
     options: CacheApi.ComputeOptions<A, E> | undefined
   ): Effect.Effect<A, E | ComputeTimeout | CacheApi.InputError, R> => {
     const now = clock.unsafeCurrentTimeMillis()
-    return onEntryForCompute(key, syncGet!(key, now), now, compute, r, options)
+    const entry = syncGet!(key, now)
+    // The common case inline: a fresh, already decoded value outside the refresh-ahead window.
+    if (entry !== undefined && now < entry.expiresAt - r.refreshAhead && entry.meta === undefined) {
+      const m = memo.get(entry)
+      if (m !== undefined) {
+        stats.hits.inc()
+        return m.succeed
+      }
+    }
+    return onEntryForCompute(key, entry, now, compute, r, options)
   }
 
   const getOrCompute = <E, R>(
@@ -660,20 +693,7 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
     const r = resolve(defaults, options)
     if (!isResolved(r)) return Effect.fail(r)
     if (syncGet !== undefined) {
-      return new Lookup<
-        A,
-        E | ComputeTimeout | CacheApi.InputError,
-        R,
-        Effect.Effect<A, E, R>,
-        Resolved,
-        typeof options
-      >(
-        readOrComputeSync,
-        key,
-        compute,
-        r,
-        options
-      )
+      return lookup(readOrComputeSync<E, R>, key, compute, r, options)
     }
     return Effect.suspend(() =>
       Effect.matchEffect(backend.get(key), {
