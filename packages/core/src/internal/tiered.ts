@@ -105,7 +105,7 @@ interface TierRuntime {
 
 /** One walk below L1 in flight for a key, shared by every concurrent reader of that key. */
 interface Walk {
-  readonly deferred: Deferred.Deferred<Option.Option<CacheEntry>>
+  deferred: Deferred.Deferred<Option.Option<CacheEntry>> | undefined
   superseded: boolean
 }
 
@@ -399,16 +399,18 @@ export const make = (
       if (from >= count) return none
       const existing = walks.get(key)
       if (existing !== undefined) {
+        // the Deferred is made by the first waiter: a walk nobody joins allocates none
+        const deferred = existing.deferred ??= Deferred.unsafeMake(FiberId.none)
         return Effect.catchAllCause(
-          Deferred.await(existing.deferred),
+          Deferred.await(deferred),
           (cause) => Cause.isInterruptedOnly(cause) ? sharedWalk(key, from, now) : Effect.failCause(cause)
         )
       }
-      const token: Walk = { deferred: Deferred.unsafeMake(FiberId.none), superseded: false }
+      const token: Walk = { deferred: undefined, superseded: false }
       walks.set(key, token)
       return Effect.onExit(walk(key, from, now, token), (exit) => {
         if (walks.get(key) === token) walks.delete(key)
-        return Deferred.done(token.deferred, exit)
+        return token.deferred === undefined ? Effect.void : Deferred.done(token.deferred, exit)
       })
     }
 
@@ -424,7 +426,8 @@ export const make = (
     const first = tiers[0]
     const get = (key: string): Effect.Effect<Option.Option<CacheEntry>, CacheError> => {
       if (key.length === 0) return validateKey(key).pipe(Effect.zipRight(none))
-      return Effect.flatMap(Clock.currentTimeMillis, (now) => {
+      return Effect.clockWith((clock) => {
+        const now = clock.unsafeCurrentTimeMillis()
         // hot path: an in-process L1 answers synchronously, no tier call allocated
         if (first !== undefined && first.sync !== undefined && (first.breaker?.state ?? "closed") === "closed") {
           const entry = first.sync(key, now)
