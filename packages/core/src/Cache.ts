@@ -5,7 +5,8 @@
  * default; `cache.typed(schema)` gives a Schema-typed view (JSON-with-Schema, lossless for Date,
  * BigInt, Uint8Array, Option and Schema classes).
  *
- * Time always comes from Effect's `Clock`, so TTLs of any length work and `TestClock` drives them.
+ * Time always comes from Effect's `Clock` (the one in the layer's context, captured when the layer is
+ * built), so TTLs of any length work and `TestClock` drives them.
  *
  * @example
  * ```ts
@@ -19,11 +20,12 @@
  * @since 0.1.0
  */
 import type { ConfigError, Duration, Option, Schema, Scope } from "effect"
-import { Config, Context, Data, Effect, Layer, Metric, MetricKey } from "effect"
+import { Config, Context, Data, Effect, Layer, Metric } from "effect"
 import { CacheBackendTag } from "./CacheBackend.js"
 import type { CacheError, EncodeError, EntryTooLarge, InvalidKey, InvalidTtl } from "./CacheError.js"
 import type { Codec } from "./Codec.js"
 import * as internal from "./internal/cache.js"
+import * as keys from "./internal/cacheMetrics.js"
 
 /**
  * Options of one call; any field left out takes the layer's default. Durations are Effect
@@ -207,30 +209,13 @@ export const makeTyped = <A, I>(schema: Schema.Schema<A, I, never>): Effect.Effe
  * read one with `Metric.value(Cache.metrics.hits.pipe(Metric.tagged("cache", "default")))`.
  * `evictions` is a gauge set from the backend's own count whenever `stats` is read.
  */
-const counterKey = (name: string, description: string) => MetricKey.counter(name, { description, incremental: true })
-
-/** @internal The metric keys, so each cache can build metrics with its `cache` label baked in. */
-export const metricKeys = {
-  hits: counterKey("cachekit_cache_hits_total", "Fresh values served"),
-  misses: counterKey("cachekit_cache_misses_total", "Lookups that found no usable value"),
-  staleServed: counterKey("cachekit_cache_stale_served_total", "Stale values served"),
-  computes: counterKey("cachekit_cache_computes_total", "Computes started"),
-  computeErrors: counterKey("cachekit_cache_compute_errors_total", "Computes that failed"),
-  backgroundRefreshes: counterKey(
-    "cachekit_cache_background_refreshes_total",
-    "Refreshes started in the background (grace, refresh-ahead)"
-  ),
-  backendErrors: counterKey("cachekit_cache_backend_errors_total", "Backend failures absorbed"),
-  evictions: MetricKey.gauge("cachekit_cache_evictions", { description: "Evictions reported by the backend" })
-}
-
 export const metrics = {
-  hits: Metric.fromMetricKey(metricKeys.hits),
-  misses: Metric.fromMetricKey(metricKeys.misses),
-  staleServed: Metric.fromMetricKey(metricKeys.staleServed),
-  computes: Metric.fromMetricKey(metricKeys.computes),
-  computeErrors: Metric.fromMetricKey(metricKeys.computeErrors),
-  backgroundRefreshes: Metric.fromMetricKey(metricKeys.backgroundRefreshes),
-  backendErrors: Metric.fromMetricKey(metricKeys.backendErrors),
-  evictions: Metric.fromMetricKey(metricKeys.evictions)
+  hits: Metric.fromMetricKey(keys.hits),
+  misses: Metric.fromMetricKey(keys.misses),
+  staleServed: Metric.fromMetricKey(keys.staleServed),
+  computes: Metric.fromMetricKey(keys.computes),
+  computeErrors: Metric.fromMetricKey(keys.computeErrors),
+  backgroundRefreshes: Metric.fromMetricKey(keys.backgroundRefreshes),
+  backendErrors: Metric.fromMetricKey(keys.backendErrors),
+  evictions: Metric.fromMetricKey(keys.evictions)
 }

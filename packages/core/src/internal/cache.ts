@@ -8,7 +8,7 @@ import type { Scope } from "effect"
 import type { Clock } from "effect"
 import { Cause, Deferred, Duration, Effect, Effectable, Exit, FiberId, Metric, MetricKey, Option, Utils } from "effect"
 import type * as CacheApi from "../Cache.js"
-import { ComputeTimeout, metricKeys, TagsUnsupported } from "../Cache.js"
+import { ComputeTimeout, TagsUnsupported } from "../Cache.js"
 import type { CacheBackend } from "../CacheBackend.js"
 import { DEFAULT_MAX_KEY_LENGTH } from "../CacheBackend.js"
 import type { CacheEntry } from "../CacheEntry.js"
@@ -16,6 +16,7 @@ import type { CacheError } from "../CacheError.js"
 import { EntryTooLarge, InvalidKey, InvalidTtl } from "../CacheError.js"
 import type { Codec } from "../Codec.js"
 import * as Codecs from "../Codec.js"
+import * as metricKeys from "./cacheMetrics.js"
 
 // ---------------------------------------------------------------------------------------------
 // Options: resolved into plain millisecond numbers once per layer; per-call options only touch
