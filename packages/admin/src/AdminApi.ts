@@ -23,11 +23,12 @@ import {
   HttpApiSchema,
   HttpApiSecurity,
   HttpClient,
-  HttpClientRequest
+  HttpClientRequest,
+  HttpRouter
 } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
-import { Redacted, Schema } from "effect"
-import type { Effect, Scope } from "effect"
+import { Context, Effect, Layer, Redacted, Schema } from "effect"
+import type { Scope } from "effect"
 import type { AdminAuthTag } from "./AdminAuth.js"
 import type { AdminTargetTag } from "./AdminTarget.js"
 import * as internal from "./internal/adminApp.js"
@@ -303,6 +304,44 @@ export const mount = (
   never,
   AdminTargetTag | AdminAuthTag | OperationLogTag | Scope.Scope
 > => internal.mount(Api, options)
+
+/** The admin app, built once, for a server that mounts it (e.g. the caching proxy with its admin flag). */
+export interface AdminApp {
+  /** The mount prefix, e.g. `"/admin"`. */
+  readonly prefix: `/${string}`
+  /** Answers paths under `prefix`. */
+  readonly app: HttpApp.Default<never, internal.AppServices>
+  /** Sends paths under `prefix` to the admin app and everything else to `app`. */
+  readonly mount: <E, R>(app: HttpApp.Default<E, R>) => HttpApp.Default<E, R | internal.AppServices>
+}
+
+export class AdminAppTag extends Context.Tag("@cachekit/admin/AdminApp")<AdminAppTag, AdminApp>() {}
+
+/** Builds the admin app under `prefix` for the lifetime of the layer. */
+export const layer = (
+  options: Options & { readonly prefix: `/${string}` }
+): Layer.Layer<AdminAppTag, never, AdminTargetTag | AdminAuthTag | OperationLogTag> =>
+  Layer.scoped(
+    AdminAppTag,
+    Effect.map(makeApp(options), (app) => ({
+      prefix: options.prefix,
+      app,
+      mount: internal.mountWith(app, options.prefix)
+    }))
+  )
+
+/** Mounts the admin API under `prefix` on the platform's default router (`HttpRouter.Default`). */
+export const layerDefaultRouter = (
+  options: Options & { readonly prefix: `/${string}` }
+): Layer.Layer<never, never, AdminTargetTag | AdminAuthTag | OperationLogTag | HttpRouter.Default> =>
+  Layer.scopedDiscard(
+    Effect.gen(function*() {
+      const router = yield* HttpRouter.Default
+      const app = yield* makeApp(options)
+      // the app checks the prefix itself, so it is given the full path
+      yield* router.mountApp(options.prefix, app, { includePrefix: true })
+    })
+  )
 
 /** A typed client for scripts and tests; `token` is sent as `Authorization: Bearer <token>`. */
 export const client = (options: {

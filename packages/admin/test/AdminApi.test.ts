@@ -1,8 +1,11 @@
-import { AdminApi, AdminTarget } from "@cachekit/admin"
+import { AdminApi, AdminAuth, AdminTarget, OperationLog } from "@cachekit/admin"
 import type { CacheBackend, CacheEntry } from "@cachekit/core"
 import { Cache, CacheBackend as CacheBackendModule, MemoryBackend, TieredCache } from "@cachekit/core"
+import { HttpRouter, HttpServer, HttpServerResponse } from "@effect/platform"
+import { NodeHttpServer } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either, Layer, Option, Tracer } from "effect"
+import { Context, Effect, Either, Layer, Option, Redacted, Tracer } from "effect"
+import { createServer } from "node:http"
 import type { Harness, HarnessOptions } from "./fixtures.js"
 import {
   ADMIN_TOKEN,
@@ -637,6 +640,58 @@ describe("adapters", () => {
       expect(yield* target.invalidateKeys(["a", "zzz"])).toBe(1)
       expect(Option.isNone(yield* cache.get("a"))).toBe(true)
     }))
+
+  it.scopedLive("layerDefaultRouter mounts the API on HttpRouter.Default beside other routes", () =>
+    Effect.gen(function*() {
+      const backend = yield* MemoryBackend.make({})
+      const Routes = Layer.mergeAll(
+        AdminApi.layerDefaultRouter({ prefix: "/ops" }),
+        HttpRouter.Default.use((router) => router.get("/hello", HttpServerResponse.text("hi")))
+      ).pipe(
+        Layer.provide(Layer.succeed(AdminTarget.AdminTargetTag, AdminTarget.fromBackend(backend))),
+        Layer.provide(AdminAuth.layer({ adminToken: Redacted.make(ADMIN_TOKEN) })),
+        Layer.provide(OperationLog.layer({ write: () => Effect.void }))
+      )
+      const ServerLive = HttpRouter.Default.serve().pipe(
+        Layer.provide(Routes),
+        Layer.provide(HttpRouter.Default.Live),
+        Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" }))
+      )
+      const ctx = yield* Layer.build(ServerLive)
+      const address = Context.get(ctx, HttpServer.HttpServer).address
+      const port = address._tag === "TcpAddress" ? address.port : 0
+      expect((yield* raw({ port, path: "/hello" })).body).toBe("hi")
+      expect((yield* raw({ port, path: "/ops/stats" })).status).toBe(401)
+      const stats = yield* raw({ port, path: "/ops/stats", headers: bearer(ADMIN_TOKEN) })
+      expect(stats.status).toBe(200)
+      expect(stats.json).toMatchObject({ entries: 0 })
+    }).pipe(Effect.timeout("20 seconds")))
+
+  it.scopedLive("AdminApi.layer gives the built app and its mount for a server such as the proxy", () =>
+    Effect.gen(function*() {
+      const backend = yield* MemoryBackend.make({})
+      yield* seed(backend, "k")
+      const ctx = yield* Layer.build(
+        AdminApi.layer({ prefix: "/admin" }).pipe(
+          Layer.provide(Layer.succeed(AdminTarget.AdminTargetTag, AdminTarget.fromBackend(backend))),
+          Layer.provide(AdminAuth.layer({ adminToken: Redacted.make(ADMIN_TOKEN) })),
+          Layer.provide(OperationLog.layer({ write: () => Effect.void }))
+        )
+      )
+      const admin = Context.get(ctx, AdminApi.AdminAppTag)
+      expect(admin.prefix).toBe("/admin")
+      const app = admin.mount(Effect.succeed(HttpServerResponse.text("proxied")))
+      const served = yield* Layer.build(
+        HttpServer.serve(app).pipe(
+          Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" }))
+        )
+      )
+      const address = Context.get(served, HttpServer.HttpServer).address
+      const port = address._tag === "TcpAddress" ? address.port : 0
+      expect((yield* raw({ port, path: "/x" })).body).toBe("proxied")
+      const entry = yield* raw({ port, path: "/admin/entries/k", headers: bearer(ADMIN_TOKEN) })
+      expect(entry.json).toMatchObject({ key: "k", size: 1 })
+    }).pipe(Effect.timeout("20 seconds")))
 
   it.scopedLive("mount sends the prefix to the admin API and everything else to the app", () =>
     Effect.gen(function*() {

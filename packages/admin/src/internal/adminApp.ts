@@ -399,16 +399,17 @@ const failureResponse = (cause: Cause.Cause<unknown>, maxBodyBytes: number) => {
   )
 }
 
+export const mountWith = (admin: HttpApp.Default<never, AppServices>, prefix: `/${string}`) => {
+  const base = prefix.replace(/\/+$/, "")
+  return <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R | AppServices> =>
+    Effect.flatMap(HttpServerRequest.HttpServerRequest, (request): HttpApp.Default<E, R | AppServices> => {
+      const queryAt = request.url.indexOf("?")
+      const path = queryAt === -1 ? request.url : request.url.slice(0, queryAt)
+      return path === base || path.startsWith(base + "/") ? admin : app
+    })
+}
+
 export const mount = (
   api: Api,
   options: Options & { readonly prefix: `/${string}` }
-) =>
-  Effect.map(makeApp(api, options), (admin) => {
-    const prefix = options.prefix.replace(/\/+$/, "")
-    return <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R | AppServices> =>
-      Effect.flatMap(HttpServerRequest.HttpServerRequest, (request): HttpApp.Default<E, R | AppServices> => {
-        const queryAt = request.url.indexOf("?")
-        const path = queryAt === -1 ? request.url : request.url.slice(0, queryAt)
-        return path === prefix || path.startsWith(prefix + "/") ? admin : app
-      })
-  })
+) => Effect.map(makeApp(api, options), (admin) => mountWith(admin, options.prefix))
