@@ -184,6 +184,24 @@ describe.each(variants)("Cache on $name", ({ withCache }) => {
         })
       ))
 
+    it.effect("a failed background refresh keeps the stale value in service and is counted", () =>
+      withCache((cache) =>
+        Effect.gen(function*() {
+          const text = cache.typed(Schema.String)
+          const options = { ttl: "1 minute", grace: "10 minutes" } as const
+          yield* text.set("k", "v1", options)
+          yield* TestClock.adjust("2 minutes")
+          const failing = Effect.fail(new AppError({ reason: "refresh failed" }))
+          expect(yield* text.getOrCompute("k", failing, options)).toBe("v1")
+          yield* settle
+          expect(yield* text.getOrCompute("k", failing, options)).toBe("v1")
+          yield* settle
+          const stats = yield* cache.stats
+          expect(stats.computeErrors).toBe(2)
+          expect(stats.staleServed).toBe(2)
+        })
+      ))
+
     it.effect("past the grace window a reader waits for the fresh value", () =>
       withCache((cache) =>
         Effect.gen(function*() {
@@ -313,6 +331,24 @@ describe.each(variants)("Cache on $name", ({ withCache }) => {
           // Not cached, not stuck: the next call computes again, successfully.
           expect(yield* text.getOrCompute("k", Effect.succeed("ok"))).toBe("ok")
           expect((yield* cache.stats).computeErrors).toBe(1)
+        })
+      ))
+
+    it.effect("a compute that dies releases every waiter with the defect and leaves no stuck entry", () =>
+      withCache((cache) =>
+        Effect.gen(function*() {
+          const text = cache.typed(Schema.String)
+          const dying = Effect.sleep("1 second").pipe(Effect.zipRight(Effect.dieMessage("bug in compute")))
+          const waiters = yield* Effect.fork(
+            Effect.all(Array.from({ length: 3 }, () => Effect.exit(text.getOrCompute("k", dying))), {
+              concurrency: "unbounded"
+            })
+          )
+          yield* settle
+          yield* TestClock.adjust("1 second")
+          const exits = yield* Fiber.join(waiters)
+          expect(exits.every((e) => Exit.isFailure(e) && e.cause._tag === "Die")).toBe(true)
+          expect(yield* text.getOrCompute("k", Effect.succeed("ok"))).toBe("ok")
         })
       ))
 
