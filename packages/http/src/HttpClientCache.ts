@@ -25,11 +25,12 @@
  */
 import type { CacheBackend } from "@cachekit/core"
 import { HttpClient } from "@effect/platform"
-import type { HttpClientRequest } from "@effect/platform"
+import type { HttpClientRequest, HttpClientResponse } from "@effect/platform"
 import type { Duration, Scope } from "effect"
 import { Effect, Layer } from "effect"
 import type { CacheMode, RequestSnapshot, ResponseSnapshot } from "./HttpCachePolicy.js"
 import * as internal from "./internal/client.js"
+import * as internalResponse from "./internal/clientResponse.js"
 
 /** How the cache treats requests and responses. Everything is optional. */
 export interface Options {
@@ -100,3 +101,16 @@ export const layer = (
   options: Options = {}
 ): Layer.Layer<HttpClient.HttpClient, never, HttpClient.HttpClient | CacheBackend.CacheBackendTag> =>
   Layer.scoped(HttpClient.HttpClient, Effect.flatMap(HttpClient.HttpClient, withCache(options)))
+
+/**
+ * The whole body of a response the cache answered from an in-memory entry, or `undefined` (then
+ * read `response.stream`). Lets a server write a hit in one piece, without stream machinery.
+ *
+ * @example
+ * ```ts
+ * const bytes = HttpClientCache.wholeBody(response)
+ * return bytes !== undefined ? HttpServerResponse.uint8Array(bytes, opts) : HttpServerResponse.stream(response.stream, opts)
+ * ```
+ */
+export const wholeBody: (response: HttpClientResponse.HttpClientResponse) => Uint8Array | undefined =
+  internalResponse.wholeBody

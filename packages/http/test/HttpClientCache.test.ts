@@ -405,6 +405,34 @@ describe("HttpClientCache", () => {
       expect(yield* calls("/ims")).toBe(1)
     }).pipe(Effect.provide(cachedClient())))
 
+  it.scoped("stores a HEAD response at once, without waiting for anyone to read its empty body", () =>
+    Effect.gen(function*() {
+      yield* route("/head", ({ n }) => text(`body ${n}`, { "cache-control": "max-age=60", "x-n": `${n}` }))
+      const origin = yield* OriginTag
+      const client = yield* HttpClient.HttpClient
+      // Neither body is read: a follower must not wait on the first one.
+      const first = yield* client.head(origin.url("/head"))
+      const second = yield* client.head(origin.url("/head"))
+      expect(first.headers["cache-status"]).toContain("stored")
+      expect(second.headers["cache-status"]).toMatch(/^cachekit; hit/)
+      expect(second.headers["x-n"]).toBe("1")
+      expect(yield* calls("/head")).toBe(1)
+    }).pipe(Effect.provide(cachedClient())))
+
+  it.scoped("hands out the whole body of an in-memory hit without a stream", () =>
+    Effect.gen(function*() {
+      yield* route("/whole", () => text("whole body", { "cache-control": "max-age=60" }))
+      const origin = yield* OriginTag
+      const client = yield* HttpClient.HttpClient
+      const miss = yield* client.get(origin.url("/whole"))
+      expect(HttpClientCache.wholeBody(miss)).toBeUndefined()
+      yield* miss.text
+      const hit = yield* client.get(origin.url("/whole"))
+      const bytes = HttpClientCache.wholeBody(hit)
+      expect(bytes === undefined ? undefined : new TextDecoder().decode(bytes)).toBe("whole body")
+      expect(yield* hit.text).toBe("whole body")
+    }).pipe(Effect.provide(cachedClient())))
+
   it.scoped("passes Range requests through to the origin", () =>
     Effect.gen(function*() {
       yield* route("/range", ({ n }) => text(`body ${n}`, { "cache-control": "max-age=60" }))

@@ -15,7 +15,7 @@
  * @internal
  */
 import { CacheBackend as Backend } from "@cachekit/core"
-import type { CacheEntry } from "@cachekit/core"
+import type { CacheEntry, CacheError } from "@cachekit/core"
 import { Headers as PlatformHeaders, HttpClient, HttpClientRequest, UrlParams } from "@effect/platform"
 import type { HttpClientResponse } from "@effect/platform"
 import type { HttpClientError } from "@effect/platform"
@@ -24,7 +24,7 @@ import type { Scope } from "effect"
 import * as Policy from "../HttpCachePolicy.js"
 import type { Options } from "../HttpClientCache.js"
 import { type EntryTemplate, makeWriter, tee } from "./bodyStore.js"
-import { StreamResponse } from "./clientResponse.js"
+import { type Body, StreamResponse } from "./clientResponse.js"
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -101,7 +101,7 @@ interface Found {
   readonly storageKey: string
   readonly entry: CacheEntry.CacheEntry
   readonly policy: Policy.StoredPolicy
-  readonly body: Stream.Stream<Uint8Array, unknown>
+  readonly body: Body
 }
 
 type LookupResult =
@@ -144,16 +144,19 @@ export const make = (
     const readEntry = (key: string, now: number): Effect.Effect<
       Option.Option<{
         readonly entry: CacheEntry.CacheEntry
-        readonly body: Stream.Stream<Uint8Array, unknown>
+        readonly body: Body
       }>
     > => {
       if (backend.unsafeGetSync !== undefined) {
         const entry = backend.unsafeGetSync(key, now)
-        return Effect.succeed(entry === undefined ? Option.none() : Option.some({ entry, body: bytesBody(entry) }))
+        return Effect.succeed(entry === undefined ? Option.none() : Option.some({ entry, body: entry.value }))
       }
-      const read = backend.streaming !== undefined
+      const read: Effect.Effect<
+        Option.Option<{ readonly entry: CacheEntry.CacheEntry; readonly body: Body }>,
+        CacheError.CacheError
+      > = backend.streaming !== undefined
         ? Effect.map(backend.streaming.getStream(key), Option.map((s) => ({ entry: s.entry, body: s.body })))
-        : Effect.map(backend.get(key), Option.map((entry) => ({ entry, body: bytesBody(entry) })))
+        : Effect.map(backend.get(key), Option.map((entry) => ({ entry, body: entry.value })))
       return read.pipe(
         Effect.catchAll((error) =>
           Effect.logWarning("cachekit http: backend read failed, treating as a miss", error).pipe(
@@ -272,7 +275,7 @@ export const make = (
       request: HttpClientRequest.HttpClientRequest,
       status: number,
       headers: Policy.Headers,
-      body: Stream.Stream<Uint8Array, unknown>,
+      body: Body,
       cacheStatusValue: string,
       x: XCache
     ): HttpClientResponse.HttpClientResponse =>
@@ -297,7 +300,7 @@ export const make = (
       if (found.policy.status === 200 && notModified(snapshot.headers, found.policy.responseHeaders)) {
         return respond(request, 304, notModifiedHeaders(headers), Stream.empty, cacheStatusValue, x)
       }
-      const body = snapshot.method === "HEAD" ? Stream.empty : found.body
+      const body = snapshot.method === "HEAD" ? EMPTY : found.body
       return respond(request, found.policy.status, headers, body, cacheStatusValue, x)
     }
 
@@ -503,6 +506,14 @@ export const make = (
           yield* settle("uncacheable")
           return passThrough(request, response, cacheStatus({ hit: false, fwd, fwdStatus: response.status }), "MISS")
         }
+        const status = cacheStatus({ hit: false, fwd, fwdStatus: response.status, stored: true })
+        if (hasNoBody(snapshot.method, response)) {
+          // Nothing to stream: store now, so waiting followers are not held by a caller that never
+          // reads an empty body (HEAD, 204, 304, Content-Length: 0).
+          const writer = yield* makeWriter(backend, storageKey, template, options.maxBodySize, scope)
+          yield* settle((yield* writer.finish) ? "stored" : "abandoned")
+          return respond(request, response.status, response.headers, response.stream, status, "MISS")
+        }
         const body = tee(
           response.stream,
           makeWriter(backend, storageKey, template, options.maxBodySize, scope),
@@ -675,8 +686,11 @@ const bypassesCache = (headers: Policy.Headers): boolean =>
   headers["range"] !== undefined || headers["if-match"] !== undefined ||
   headers["if-unmodified-since"] !== undefined || headers["if-range"] !== undefined
 
-const bytesBody = (entry: CacheEntry.CacheEntry): Stream.Stream<Uint8Array> =>
-  entry.size === 0 ? Stream.empty : Stream.succeed(entry.value)
+const EMPTY = new Uint8Array(0)
+
+const hasNoBody = (method: string, response: HttpClientResponse.HttpClientResponse): boolean =>
+  method === "HEAD" || response.status === 204 || response.status === 304 ||
+  response.headers["content-length"] === "0"
 
 /**
  * RFC 9110 §13.2.2: the caller's own validators against a stored 200. If-None-Match (weak

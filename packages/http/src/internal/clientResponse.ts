@@ -1,6 +1,6 @@
 /**
- * An `HttpClientResponse` whose body is any `Stream<Uint8Array>`: a stored body read from the
- * backend, an upstream body tee'd into the backend, or nothing (a synthetic 504).
+ * An `HttpClientResponse` whose body is any `Stream<Uint8Array>` or bytes already in memory: a
+ * stored body read from the backend, an upstream body tee'd into the backend, or nothing (a 504).
  *
  * Every body accessor (`text`, `json`, `arrayBuffer`...) reads through `stream`, so the tee that
  * stores a miss sees the body however the caller consumes it.
@@ -14,18 +14,30 @@ import { concat } from "./bodyStore.js"
 
 const decoder = new TextDecoder()
 
+/** A body: whole bytes (an in-memory hit, no stream machinery needed) or a stream. */
+export type Body = Uint8Array | Stream.Stream<Uint8Array, unknown>
+
 export class StreamResponse extends Inspectable.Class implements HttpClientResponse.HttpClientResponse {
   readonly [HttpIncomingMessage.TypeId]: HttpIncomingMessage.TypeId = HttpIncomingMessage.TypeId
   readonly [HttpClientResponse.TypeId]: HttpClientResponse.TypeId = HttpClientResponse.TypeId
   readonly stream: Stream.Stream<Uint8Array, HttpClientError.ResponseError>
+  /** The whole body when it is already in memory (a hit from an in-process backend). */
+  readonly whole: Uint8Array | undefined
 
   constructor(
     readonly request: HttpClientRequest.HttpClientRequest,
     readonly status: number,
     readonly headers: Headers.Headers,
-    body: Stream.Stream<Uint8Array, unknown>
+    body: Body
   ) {
     super()
+    if (body instanceof Uint8Array) {
+      this.whole = body
+      this.stream = body.byteLength === 0 ? Stream.empty : Stream.succeed(body)
+      this.bytesBody = Effect.succeed(body)
+      return
+    }
+    this.whole = undefined
     this.stream = Stream.mapError(
       body,
       (cause) =>
@@ -114,3 +126,7 @@ export class StreamResponse extends Inspectable.Class implements HttpClientRespo
     })
   }
 }
+
+/** The in-memory body of a response built by the cache, if it has one (see `HttpClientCache.wholeBody`). */
+export const wholeBody = (response: HttpClientResponse.HttpClientResponse): Uint8Array | undefined =>
+  response instanceof StreamResponse ? response.whole : undefined
