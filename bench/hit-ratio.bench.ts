@@ -188,8 +188,8 @@ Reading the table: frequency-skewed traces (Zipf, loops, scans over a Zipf core)
 LRU wins: every key is new when it becomes hot, admission rejects it until the hill climber has grown the window to
 its 80% ceiling, and the share it keeps for the main space holds keys whose popularity has passed. Caffeine's climber
 gets there faster (it follows every hit-rate change) but random-walks on stationary traces: with MemoryBackend's sketch
-it drifts to windows of 5-25% on Zipf 0.9 and lands between 44.9% and 46.0% over four seeds, below the 46% goal, while
-the noise-gated climber stays between 46.1% and 46.2%. On Zipf + scans the periodic scans make sample hit rates swing
+it drifts (final windows of 1-21%) on Zipf 0.9 and lands between 45.1% and 45.9% over four seeds, below the 46% goal,
+while the noise-gated climber stays between 46.1% and 46.2%. On Zipf + scans the periodic scans make sample hit rates swing
 (scan periods vs quiet periods), some probes look like gains and the window grows to ~60%, about a point below a 1%
 window. The ~7 point distance to the optimum on Zipf 0.9 is mostly lookahead: a perfect LFU that knows the true
 popularity of every key would score 47.4% there.

@@ -12,24 +12,16 @@
  * @internal
  */
 
-/** Odd multipliers, one per row, that decorrelate the four row indexes of one hash. */
-const SEED_0 = 0x97cb3127
+/** Odd multipliers, one per row: each row takes the top bits of `hash * seed` as its counter index. */
+const SEED_0 = 0x97cb3127 | 0
 const SEED_1 = 0x7a84f3e5 | 0
-const SEED_2 = 0x3c6ef372
-const SEED_3 = 0x1b873593
+const SEED_2 = 0x3c6ef373 | 0
+const SEED_3 = 0x1b873593 | 0
 
 /** Mask of the low bit of each nibble in a word (counts odd counters when halving). */
 const ONE_MASK = 0x11111111
 /** Keeps the three low bits of each nibble after a right shift by one (halving). */
 const RESET_MASK = 0x77777777
-
-/** A fresh hash of `h` for one row: multiply, then fold the high bits down. */
-const rowHash = (h: number, seed: number): number => {
-  let x = Math.imul(h ^ seed, seed)
-  x ^= x >>> 15
-  x = Math.imul(x, 0x2c1b3c6d)
-  return x ^ (x >>> 13)
-}
 
 const popcount = (v: number): number => {
   v = v - ((v >>> 1) & 0x55555555)
@@ -45,7 +37,8 @@ const ceilingPowerOfTwo = (n: number): number => {
 
 export class CountMinSketch {
   private readonly table: Uint32Array
-  private readonly wordMask: number
+  /** 32 - log2(number of counters): `imul(hash, seed) >>> shift` is a counter index. */
+  private readonly shift: number
   /** Increments between two agings. */
   readonly sampleSize: number
   private additions = 0
@@ -72,7 +65,7 @@ export class CountMinSketch {
     // At most 2^22 words (16 MiB) whatever the cache size.
     const words = Math.min(1 << 22, ceilingPowerOfTwo(Math.ceil((entries * (options.countersPerEntry ?? 16)) / 8)))
     this.table = new Uint32Array(words)
-    this.wordMask = words - 1
+    this.shift = 32 - Math.log2(words * 8)
     this.sampleSize = Math.max(16, Math.floor((options.sampleFactor ?? 10) * entries))
     // About 8 bits per sampled key: false positives stay low while a sample fills it.
     const doorkeeperWords = options.doorkeeper === true ? ceilingPowerOfTwo(Math.ceil(this.sampleSize / 4)) : 0
@@ -83,15 +76,15 @@ export class CountMinSketch {
   /** The estimated number of increments of `hash` since aging last halved it (0..15). */
   frequency(hash: number): number {
     const t = this.table
-    const m = this.wordMask
-    let h = rowHash(hash, SEED_0)
-    let min = (t[(h >>> 3) & m]! >>> ((h & 7) << 2)) & 15
-    h = rowHash(hash, SEED_1)
-    min = Math.min(min, (t[(h >>> 3) & m]! >>> ((h & 7) << 2)) & 15)
-    h = rowHash(hash, SEED_2)
-    min = Math.min(min, (t[(h >>> 3) & m]! >>> ((h & 7) << 2)) & 15)
-    h = rowHash(hash, SEED_3)
-    min = Math.min(min, (t[(h >>> 3) & m]! >>> ((h & 7) << 2)) & 15)
+    const sh = this.shift
+    let c = Math.imul(hash, SEED_0) >>> sh
+    let min = (t[c >>> 3]! >>> ((c & 7) << 2)) & 15
+    c = Math.imul(hash, SEED_1) >>> sh
+    min = Math.min(min, (t[c >>> 3]! >>> ((c & 7) << 2)) & 15)
+    c = Math.imul(hash, SEED_2) >>> sh
+    min = Math.min(min, (t[c >>> 3]! >>> ((c & 7) << 2)) & 15)
+    c = Math.imul(hash, SEED_3) >>> sh
+    min = Math.min(min, (t[c >>> 3]! >>> ((c & 7) << 2)) & 15)
     return this.doorkeeper.length === 0 || min === 15 ? min : min + (this.inDoorkeeper(hash) ? 1 : 0)
   }
 
@@ -130,15 +123,15 @@ export class CountMinSketch {
       // Conservative update: only the counters at the current minimum grow, so collisions inflate
       // estimates much less for the same width.
       const t = this.table
-      const m = this.wordMask
-      const h0 = rowHash(hash, SEED_0)
-      const h1 = rowHash(hash, SEED_1)
-      const h2 = rowHash(hash, SEED_2)
-      const h3 = rowHash(hash, SEED_3)
-      const c0 = (t[(h0 >>> 3) & m]! >>> ((h0 & 7) << 2)) & 15
-      const c1 = (t[(h1 >>> 3) & m]! >>> ((h1 & 7) << 2)) & 15
-      const c2 = (t[(h2 >>> 3) & m]! >>> ((h2 & 7) << 2)) & 15
-      const c3 = (t[(h3 >>> 3) & m]! >>> ((h3 & 7) << 2)) & 15
+      const sh = this.shift
+      const h0 = Math.imul(hash, SEED_0) >>> sh
+      const h1 = Math.imul(hash, SEED_1) >>> sh
+      const h2 = Math.imul(hash, SEED_2) >>> sh
+      const h3 = Math.imul(hash, SEED_3) >>> sh
+      const c0 = (t[h0 >>> 3]! >>> ((h0 & 7) << 2)) & 15
+      const c1 = (t[h1 >>> 3]! >>> ((h1 & 7) << 2)) & 15
+      const c2 = (t[h2 >>> 3]! >>> ((h2 & 7) << 2)) & 15
+      const c3 = (t[h3 >>> 3]! >>> ((h3 & 7) << 2)) & 15
       const min = Math.min(c0, c1, c2, c3)
       if (min === 15) return
       if (c0 === min) this.incrementAt(h0)
@@ -147,17 +140,19 @@ export class CountMinSketch {
       if (c3 === min) this.incrementAt(h3)
       added = 1
     } else {
-      added = this.incrementAt(rowHash(hash, SEED_0)) |
-        this.incrementAt(rowHash(hash, SEED_1)) |
-        this.incrementAt(rowHash(hash, SEED_2)) |
-        this.incrementAt(rowHash(hash, SEED_3))
+      const sh = this.shift
+      added = this.incrementAt(Math.imul(hash, SEED_0) >>> sh) |
+        this.incrementAt(Math.imul(hash, SEED_1) >>> sh) |
+        this.incrementAt(Math.imul(hash, SEED_2) >>> sh) |
+        this.incrementAt(Math.imul(hash, SEED_3) >>> sh)
     }
     if (added !== 0 && ++this.additions >= this.sampleSize) this.reset()
   }
 
-  private incrementAt(h: number): number {
-    const index = (h >>> 3) & this.wordMask
-    const shift = (h & 7) << 2
+  /** Increments counter number `c` unless it is saturated; returns 1 if it grew. */
+  private incrementAt(c: number): number {
+    const index = c >>> 3
+    const shift = (c & 7) << 2
     const word = this.table[index]!
     if (((word >>> shift) & 15) === 15) return 0
     this.table[index] = word + (1 << shift)
