@@ -24,8 +24,8 @@ import type { HttpApp } from "@effect/platform"
 import type { HttpServerError } from "@effect/platform"
 import { HttpClient, HttpMiddleware } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import type { ConfigError, Duration } from "effect"
-import { Config, Context, Data, Effect, Layer } from "effect"
+import type { ConfigError } from "effect"
+import { Config, Context, Data, Duration, Effect, Layer } from "effect"
 import * as Http from "node:http"
 import * as HttpClientCache from "./HttpClientCache.js"
 import * as internal from "./internal/proxy.js"
@@ -148,7 +148,7 @@ export const toHttpApp = (
   Effect.gen(function*() {
     const upstream = yield* parseUpstream(options.upstream)
     const client = yield* HttpClient.HttpClient
-    return internal.makeApp(client, internal.resolve({ ...options, upstream }))
+    return internal.makeApp(client, internal.resolve({ ...options, upstream }), true)
   })
 
 /**
@@ -157,6 +157,12 @@ export const toHttpApp = (
  * then cuts them), and only then releases what the client depends on (cache backend, sockets).
  */
 export const layer = (options: Options): Layer.Layer<ProxyTag, InvalidUpstream | ServeError, HttpClient.HttpClient> =>
+  makeLayer(options, true)
+
+const makeLayer = (
+  options: Options,
+  timeoutInApp: boolean
+): Layer.Layer<ProxyTag, InvalidUpstream | ServeError, HttpClient.HttpClient> =>
   Layer.scoped(
     ProxyTag,
     Effect.gen(function*() {
@@ -172,7 +178,7 @@ export const layer = (options: Options): Layer.Layer<ProxyTag, InvalidUpstream |
         port: options.port ?? defaults.port,
         host: options.host ?? defaults.host
       })
-      const app = internal.makeApp(client, resolved)
+      const app = internal.makeApp(client, resolved, timeoutInApp)
       // The request fibers inherit the fiber refs of this `serve` call: spans are off unless asked for.
       yield* resolved.tracing
         ? httpServer.serve(app)
@@ -209,7 +215,20 @@ export const layer = (options: Options): Layer.Layer<ProxyTag, InvalidUpstream |
 export const layerCaching = (
   options: CachingOptions
 ): Layer.Layer<ProxyTag, InvalidUpstream | ServeError, HttpClient.HttpClient | CacheBackend.CacheBackendTag> =>
-  layer(options).pipe(Layer.provide(HttpClientCache.layer({ ...options.cache, shared: true })))
+  makeLayer(options, false).pipe(
+    Layer.provide(HttpClientCache.layer({ ...options.cache, shared: true })),
+    // The timeout sits under the cache: hits never start a timer, upstream trips do.
+    Layer.provide(
+      Layer.effect(
+        HttpClient.HttpClient,
+        Effect.map(HttpClient.HttpClient, (client) =>
+          internal.withUpstreamTimeout(
+            client,
+            Duration.toMillis(Duration.decode(options.upstreamTimeout ?? defaults.upstreamTimeoutMillis))
+          ))
+      )
+    )
+  )
 
 /** `layer` with its options from `config` (environment variables). */
 export const layerConfig = (

@@ -222,6 +222,31 @@ describe("Proxy as a shared cache (RFC 9111)", () => {
     }).pipe(Effect.provide(env)))
 })
 
+describe("Proxy caching upstream failures", () => {
+  it.scopedLive("answers 504 when the upstream sends no response head in time (the timeout sits under the cache)", () =>
+    Effect.gen(function*() {
+      const proxy = yield* Proxy.ProxyTag
+      const started = Date.now()
+      const res = yield* fetchVia(`${proxy.url}/hang`)
+      expect(res.status).toBe(504)
+      expect(res.text).toContain("did not answer within 300 ms")
+      expect(Date.now() - started).toBeLessThan(5000)
+    }).pipe(Effect.provide(proxyOver({ upstreamTimeout: "300 millis" }))))
+
+  it.scopedLive("answers 502 when the upstream is unreachable", () =>
+    Effect.gen(function*() {
+      const proxy = yield* Proxy.ProxyTag
+      const res = yield* fetchVia(`${proxy.url}/x`)
+      expect(res.status).toBe(502)
+      expect(res.text).toContain("is unreachable")
+    }).pipe(Effect.provide(
+      Proxy.layerCaching({ upstream: "http://127.0.0.1:1", port: 0 }).pipe(
+        Layer.provide(MemoryBackend.layer()),
+        Layer.provide(NodeHttpClient.layerUndici)
+      )
+    )))
+})
+
 describe("Proxy caching large bodies", () => {
   it.scopedLive("stores a 50 MiB body and serves it from the cache, intact, with bounded memory growth", () =>
     Effect.gen(function*() {

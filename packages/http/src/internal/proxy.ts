@@ -3,8 +3,15 @@
  *
  * @internal
  */
-import type { HttpApp, HttpClientError, HttpClientResponse } from "@effect/platform"
-import { HttpBody, HttpClient, HttpClientRequest, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import type { HttpApp, HttpClientResponse } from "@effect/platform"
+import {
+  HttpBody,
+  HttpClient,
+  HttpClientError,
+  HttpClientRequest,
+  HttpServerRequest,
+  HttpServerResponse
+} from "@effect/platform"
 import { NodeHttpServerRequest } from "@effect/platform-node"
 import { Config, ConfigError, Data, Duration, Effect, Either, Stream } from "effect"
 import type * as Http from "node:http"
@@ -132,6 +139,24 @@ export const drain = (server: Http.Server, tracker: Tracker, graceMillis: number
 /** The upstream did not send a response head in time. */
 export class UpstreamTimeout extends Data.TaggedError("UpstreamTimeout")<{ readonly millis: number }> {}
 
+/**
+ * Times out each request `client` sends (until its response head arrives) with a `RequestError`
+ * whose cause is `UpstreamTimeout`. Put under a cache, only real upstream trips pay for the timer,
+ * and a timed-out revalidation is an upstream error the cache may answer with stale-if-error.
+ */
+export const withUpstreamTimeout = (client: HttpClient.HttpClient, millis: number): HttpClient.HttpClient =>
+  HttpClient.transform(client, (effect, request) =>
+    Effect.timeoutFail(Effect.interruptible(effect), {
+      duration: millis,
+      onTimeout: () =>
+        new HttpClientError.RequestError({
+          request,
+          reason: "Transport",
+          cause: new UpstreamTimeout({ millis }),
+          description: `no response head within ${millis} ms`
+        })
+    }))
+
 /** Path and query of the request target; absolute-form targets (`http://h/p?q`) keep only `/p?q`. */
 const targetPath = (url: string): string => {
   if (url.startsWith("/")) return url
@@ -147,8 +172,17 @@ const NO_BODY_STATUS = (status: number) => status === 204 || status === 304 || (
 /** The app: every request is forwarded through `client`; failures of the upstream become 502 / 504. */
 export const makeApp = (
   client: HttpClient.HttpClient,
-  resolved: Resolved
+  resolved: Resolved,
+  /** false when `client` already times out its upstream requests (see `withUpstreamTimeout`). */
+  timeoutInApp: boolean
 ): HttpApp.Default => {
+  const timed = timeoutInApp
+    ? <A, E>(effect: Effect.Effect<A, E>) =>
+      Effect.timeoutFail(effect, {
+        duration: resolved.upstreamTimeoutMillis,
+        onTimeout: () => new UpstreamTimeout({ millis: resolved.upstreamTimeoutMillis })
+      })
+    : <A, E>(effect: Effect.Effect<A, E>) => effect
   // Spans cost allocations on every hit; they are opt-in.
   const upstreamClient = resolved.tracing ? client : HttpClient.withTracerDisabledWhen(client, () => true)
   const upstreamBase = resolved.origin + resolved.basePath
@@ -177,11 +211,7 @@ export const makeApp = (
       HttpClientRequest.setHeaders(headers),
       HttpClientRequest.setBody(body)
     )
-    return upstreamClient.execute(upstreamRequest).pipe(
-      Effect.timeoutFail({
-        duration: resolved.upstreamTimeoutMillis,
-        onTimeout: () => new UpstreamTimeout({ millis: resolved.upstreamTimeoutMillis })
-      }),
+    return timed(upstreamClient.execute(upstreamRequest)).pipe(
       // Server apps run uninterruptibly; waiting on the upstream must yield to the timeout and to
       // a client that goes away (both abort the upstream request).
       Effect.interruptible,
@@ -236,6 +266,12 @@ const errorResponse = (
       break
     }
     case "RequestError": {
+      if (error.cause instanceof UpstreamTimeout) {
+        status = 504
+        proxyStatus = "http_response_timeout"
+        text = `upstream ${upstream} did not answer within ${error.cause.millis} ms`
+        break
+      }
       status = error.reason === "InvalidUrl" ? 400 : 502
       proxyStatus = error.reason === "InvalidUrl" ? "http_request_error" : "destination_unavailable"
       text = error.reason === "InvalidUrl"
