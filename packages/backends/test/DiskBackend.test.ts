@@ -135,7 +135,7 @@ describe("DiskBackend", () => {
   it.scoped("rebuilds its index from disk on start and drops what expired meanwhile", () =>
     Effect.gen(function*() {
       const dir = yield* tempDir
-      const first = yield* open({ directory: dir })
+      const first = yield* open({ directory: dir, fsync: true })
       yield* first.backend.set("kept", yield* entry(body(10_000, 3), 3_600_000))
       yield* first.backend.set("expires", yield* entry(body(10_000, 5), 1_000))
       yield* first.close
