@@ -277,6 +277,8 @@ export interface Options {
   readonly docs?: boolean | undefined
   /** How often the dashboard polls, in milliseconds (default 1000). */
   readonly dashboardPollMillis?: number | undefined
+  /** A health probe slower than this reports the target `down` (default 5000). */
+  readonly healthTimeoutMillis?: number | undefined
   /** Largest request body in bytes (default 1 MiB). */
   readonly maxBodyBytes?: number | undefined
 }

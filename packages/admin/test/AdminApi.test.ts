@@ -84,6 +84,18 @@ describe("read endpoints", () => {
       })
     ))
 
+  it.scopedLive("health reports down, without hanging, when the probe does not answer in time", () =>
+    Effect.gen(function*() {
+      const backend = yield* MemoryBackend.make({})
+      const stuck: CacheBackend.CacheBackend = { ...backend, health: Effect.never }
+      yield* withHarness((h) =>
+        Effect.gen(function*() {
+          const health = yield* (yield* readClient(h)).read.health()
+          expect(health.status).toBe("down")
+          expect(health.tiers[0]!.detail).toContain("did not answer within 200 ms")
+        }), { backend: stuck, healthTimeoutMillis: 200 })
+    }))
+
   it.scopedLive("keys pages through a pattern with a cursor, never more than count per page", () =>
     withHarness((h) =>
       Effect.gen(function*() {
@@ -255,6 +267,27 @@ describe("auth", () => {
         expect(yield* exists(h.backend, "a")).toBe(true)
       })
     ))
+
+  it.scopedLive("rejected requests are always logged, without the token that was tried", () =>
+    withHarness((h) =>
+      Effect.gen(function*() {
+        yield* raw({ port: h.port, path: "/admin/stats", headers: bearer("guess-guess-guess-guess") })
+        yield* raw({
+          port: h.port,
+          method: "POST",
+          path: "/admin/clear",
+          headers: jsonHeaders(READ_TOKEN),
+          body: JSON.stringify({ confirm: true })
+        })
+        const lines = h.lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.op === "admin.auth")
+        expect(lines.map((l) => [l.outcome, l.detail])).toEqual([
+          ["unauthorized", "/stats"],
+          ["forbidden", "/clear"]
+        ])
+        const text = h.lines.join("\n")
+        expect(text).not.toContain("guess-guess")
+        expect(text).not.toContain(READ_TOKEN)
+      }), { log: { sampleRate: 0 } }))
 
   it.scopedLive("the read token reads but gets 403 on invalidate and clear, and nothing changes", () =>
     withHarness((h) =>

@@ -14,7 +14,7 @@ import { randomUUID } from "node:crypto"
 import * as A from "../AdminApi.js"
 import type { Role } from "../AdminAuth.js"
 import { AdminAuthTag } from "../AdminAuth.js"
-import type { AdminTargetError } from "../AdminTarget.js"
+import type { AdminTargetError, TierHealth } from "../AdminTarget.js"
 import { AdminTargetTag } from "../AdminTarget.js"
 import * as Dashboard from "../Dashboard.js"
 import type { OperationRecord } from "../OperationLog.js"
@@ -106,6 +106,7 @@ export const makeApp = (
     const oplog = yield* OperationLogTag
     const prefix = options.prefix === undefined || options.prefix === "/" ? "" : options.prefix.replace(/\/+$/, "")
     const maxBodyBytes = options.maxBodyBytes ?? 1024 * 1024
+    const healthTimeoutMillis = options.healthTimeoutMillis ?? 5000
     const servedApi = api.annotate(OpenApi.Servers, [{ url: prefix === "" ? "/" : prefix }])
       .annotate(OpenApi.Title, "cachekit admin API")
 
@@ -133,24 +134,35 @@ export const makeApp = (
       })
 
     // The bearer value platform decodes is not used: it does not check the "Bearer " scheme.
+    /** Rejected requests are always logged (never sampled): they are what an audit looks for. */
+    const reject = <E>(error: E, outcome: string, path: string) =>
+      Effect.zipRight(
+        oplog.log({ op: "admin.auth", outcome, mutating: true, durationMillis: 0, detail: path }),
+        Effect.fail(error)
+      )
+    const pathOf = (request: HttpServerRequest.HttpServerRequest) => request.url.split("?")[0]!.slice(0, 256)
+
     const authenticate = Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
       const role = auth.authenticate(request.headers.authorization, Option.getOrUndefined(request.remoteAddress))
       if (role === undefined) {
-        return yield* Effect.fail(
-          new A.Unauthorized({ message: "a valid bearer token is required (Authorization: Bearer <token>)" })
+        return yield* reject(
+          new A.Unauthorized({ message: "a valid bearer token is required (Authorization: Bearer <token>)" }),
+          "unauthorized",
+          pathOf(request)
         )
       }
       yield* FiberRef.set(currentRole, role)
       return role
     })
-    const requireAdmin = Effect.flatMap(
-      authenticate,
-      (role) =>
-        role === "admin"
-          ? Effect.void
-          : Effect.fail(new A.Forbidden({ message: "this operation needs the admin token" }))
-    )
+    const requireAdmin = Effect.flatMap(authenticate, (role) =>
+      role === "admin"
+        ? Effect.void
+        : Effect.flatMap(
+          HttpServerRequest.HttpServerRequest,
+          (request) =>
+            reject(new A.Forbidden({ message: "this operation needs the admin token" }), "forbidden", pathOf(request))
+        ))
 
     const ReadAccessLive = Layer.succeed(A.ReadAccess, { bearer: () => Effect.asVoid(authenticate) })
     const AdminAccessLive = Layer.succeed(A.AdminAccess, { bearer: () => requireAdmin })
@@ -158,15 +170,27 @@ export const makeApp = (
     const ReadLive = HttpApiBuilder.group(api, "read", (handlers) =>
       handlers
         .handle("health", () =>
-          Effect.map(target.health, (tiers) => ({
-            status: worst(tiers.map((t) => t.status)),
-            tiers: tiers.map((t) => ({
-              name: t.name,
-              status: t.status,
-              latencyMillis: t.latencyMillis,
-              ...(t.detail === undefined ? {} : { detail: t.detail })
-            }))
-          })))
+          Effect.map(
+            Effect.timeoutTo(target.health, {
+              duration: healthTimeoutMillis,
+              onSuccess: (tiers): ReadonlyArray<TierHealth> => tiers,
+              onTimeout: (): ReadonlyArray<TierHealth> => [{
+                name: target.name,
+                status: "down",
+                latencyMillis: healthTimeoutMillis,
+                detail: `health probe did not answer within ${healthTimeoutMillis} ms`
+              }]
+            }),
+            (tiers) => ({
+              status: worst(tiers.map((t) => t.status)),
+              tiers: tiers.map((t) => ({
+                name: t.name,
+                status: t.status,
+                latencyMillis: t.latencyMillis,
+                ...(t.detail === undefined ? {} : { detail: t.detail })
+              }))
+            })
+          ))
         .handle("stats", () =>
           op(target.stats, () => ({ op: "admin.stats", outcome: "ok", mutating: false })).pipe(
             Effect.map((s) => ({
