@@ -1,6 +1,19 @@
 import { CacheBackend, CacheEntry, MemoryBackend } from "@cachekit/core"
 import { describe, expect, it } from "@effect/vitest"
-import { Cache, Chunk, Deferred, Effect, Exit, Fiber, Option, Ref, Scope, TestClock } from "effect"
+import {
+  Cache,
+  Chunk,
+  ConfigProvider,
+  Deferred,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Option,
+  Ref,
+  Scope,
+  TestClock
+} from "effect"
 
 const bytes = (n: number) => new Uint8Array(n)
 
@@ -282,5 +295,46 @@ describe("MemoryBackend", () => {
       yield* Effect.yieldNow()
       const exit = yield* Fiber.interrupt(fiber)
       expect(Exit.isInterrupted(exit)).toBe(true)
+    }))
+
+  it.scoped("layerConfig reads its bounds from the environment", () =>
+    Effect.gen(function*() {
+      const memory = yield* MemoryBackend.MemoryBackendTag
+      const stats = yield* memory.memoryStats
+      expect(stats.maxEntries).toBe(3)
+      expect(stats.maxBytes).toBe(5_000)
+      for (const k of ["a", "b", "c", "d", "e"]) yield* memory.set(k, forever)
+      expect((yield* memory.stats).entries).toBe(3)
+    }).pipe(
+      Effect.provide(
+        MemoryBackend.layerConfig().pipe(
+          Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(
+            new Map([["CACHEKIT_MEMORY_MAX_ENTRIES", "3"], ["CACHEKIT_MEMORY_MAX_BYTES", "5000"]])
+          )))
+        )
+      )
+    ))
+
+  it.scoped("unsafeGetSync treats an entry past staleUntil as a miss and removes it", () =>
+    Effect.gen(function*() {
+      const backend = yield* MemoryBackend.make({ sweepInterval: "1 day" })
+      yield* backend.set("k", entry(0, { ttl: 1_000 }))
+      expect(backend.unsafeGetSync("k", 999)?.expiresAt).toBe(1_000)
+      expect(backend.unsafeGetSync("k", 1_000)).toBeUndefined()
+      expect(yield* backend.stats).toMatchObject({ entries: 0, hits: 1, misses: 1 })
+    }))
+
+  it.scoped("a failing listener does not stop delivery to the others or of later events", () =>
+    Effect.gen(function*() {
+      const backend = yield* MemoryBackend.make()
+      const seen = yield* Ref.make(0)
+      yield* backend.onEviction(() => Effect.fail("boom"))
+      yield* backend.onEviction(() => Effect.die("defect"))
+      yield* backend.onEviction(() => Ref.update(seen, (n) => n + 1))
+      for (const k of ["a", "b", "c"]) yield* backend.set(k, forever)
+      for (const k of ["a", "b", "c"]) yield* backend.delete(k)
+      for (let i = 0; i < 5; i++) yield* Effect.yieldNow()
+      expect(yield* Ref.get(seen)).toBe(3)
+      expect((yield* backend.health).status).toBe("up")
     }))
 })
