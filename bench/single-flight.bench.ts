@@ -33,20 +33,34 @@ const cpuNow = () => {
   return (usage.user + usage.system) / 1000
 }
 
-/** Runs `round` ROUNDS times on a fresh key each time; `round` returns how many computes ran. */
-const measure = async (name: string, round: (key: string) => Promise<number>): Promise<Result> => {
-  await round("warm-up") // JIT and lazy initialisation, not counted
-  const computes: Array<number> = []
-  const millis: Array<number> = []
-  const cpuMillis: Array<number> = []
+interface Contender {
+  readonly name: string
+  /** One stampede on a fresh key; returns how many computes ran. */
+  readonly round: (key: string) => Promise<number>
+}
+
+/**
+ * Runs every contender ROUNDS times, round-robin (so load on the shared machine spreads over all of
+ * them), each round on a fresh key, after one warm-up round each (JIT, lazy initialisation).
+ */
+const runAll = async (contenders: ReadonlyArray<Contender>): Promise<Array<Result>> => {
+  for (const c of contenders) await c.round("warm-up")
+  const results = contenders.map((c) => ({
+    name: c.name,
+    computes: [] as Array<number>,
+    millis: [] as Array<number>,
+    cpuMillis: [] as Array<number>
+  }))
   for (let i = 0; i < ROUNDS; i++) {
-    const start = performance.now()
-    const cpuStart = cpuNow()
-    computes.push(await round(`key-${i}`))
-    millis.push(performance.now() - start)
-    cpuMillis.push(cpuNow() - cpuStart)
+    for (let j = 0; j < contenders.length; j++) {
+      const start = performance.now()
+      const cpuStart = cpuNow()
+      results[j]!.computes.push(await contenders[j]!.round(`key-${i}`))
+      results[j]!.millis.push(performance.now() - start)
+      results[j]!.cpuMillis.push(cpuNow() - cpuStart)
+    }
   }
-  return { name, computes, millis, cpuMillis }
+  return results
 }
 
 const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
@@ -55,10 +69,11 @@ const main = async () => {
   const runtime = ManagedRuntime.make(Cache.layer({ ttl: "1 hour" }).pipe(Layer.provide(MemoryBackend.layer())))
   const text = (await runtime.runPromise(Cache.Cache)).typed(Schema.String)
 
-  const results: Array<Result> = []
+  const contenders: Array<Contender> = []
+  const contender = (name: string, round: (key: string) => Promise<number>): Contender => ({ name, round })
 
-  results.push(
-    await measure("cachekit getOrCompute", async (key) => {
+  contenders.push(
+    contender("cachekit getOrCompute", async (key) => {
       let computes = 0
       const compute = Effect.sleep(Duration.millis(COMPUTE_MS)).pipe(
         Effect.zipRight(Effect.sync(() => ++computes)),
@@ -74,9 +89,9 @@ const main = async () => {
 
   // The floor: the same 1,000 fibers (Effect.all, unbounded) awaiting one Deferred that a 20 ms
   // timer completes, with no cache at all. What cachekit adds is the difference to this row.
-  results.push(
-    await measure("baseline: 1,000 fibers awaiting one Deferred (no cache)", async () => {
-      await Effect.runPromise(Effect.gen(function*() {
+  contenders.push(
+    contender("baseline: 1,000 fibers awaiting one Deferred (no cache)", async () => {
+      await runtime.runPromise(Effect.gen(function*() {
         const done = yield* Deferred.make<string>()
         yield* Effect.forkDaemon(
           Effect.sleep(Duration.millis(COMPUTE_MS)).pipe(Effect.zipRight(Deferred.succeed(done, "value")))
@@ -99,8 +114,8 @@ const main = async () => {
         )
     })
   )
-  results.push(
-    await measure("effect Cache.get (lookup)", async (key) => {
+  contenders.push(
+    contender("effect Cache.get (lookup)", async (key) => {
       effectComputes = 0
       await Effect.runPromise(
         Effect.all(Array.from({ length: CALLERS }, () => effectCache.get(key)), { concurrency: "unbounded" })
@@ -113,8 +128,8 @@ const main = async () => {
     default: "memory",
     stores: { memory: bentostore().useL1Layer(memoryDriver({ maxItems: 10_000 })) }
   })
-  results.push(
-    await measure("bentocache getOrSet", async (key) => {
+  contenders.push(
+    contender("bentocache getOrSet", async (key) => {
       let computes = 0
       const factory = async () => {
         computes++
@@ -127,8 +142,8 @@ const main = async () => {
   )
 
   const manager = createCache({ ttl: 3_600_000 })
-  results.push(
-    await measure("cache-manager wrap", async (key) => {
+  contenders.push(
+    contender("cache-manager wrap", async (key) => {
       let computes = 0
       const factory = async () => {
         computes++
@@ -140,6 +155,7 @@ const main = async () => {
     })
   )
 
+  const results = await runAll(contenders)
   const rows = results.map((r) => {
     const med = median(r.millis)
     return `| ${r.name} | ${r.computes.map((c) => (Number.isNaN(c) ? "-" : String(c))).join(", ")} | ${
