@@ -421,4 +421,34 @@ describe("TieredCache under the Cache service", () => {
       expect(Option.map(yield* Fiber.join(second), str)).toEqual(Option.some("v"))
       expect(l2.calls.get).toBe(2) // it walked again on its own
     }))
+
+  it.scoped("after a soft tag expiry the Cache serves the stale value while exactly one refresh runs", () =>
+    Effect.gen(function*() {
+      const l1 = yield* MemoryBackend.make({ maxEntries: 100 })
+      const l2 = makeMapBackend("l2")
+      const ctx = yield* Layer.build(
+        Cache.layer().pipe(Layer.provideMerge(TieredCache.layer([{ backend: l1 }, { backend: l2 }])))
+      )
+      const cache = Context.get(ctx, Cache.Cache)
+      const tiered = Context.get(ctx, TieredCache.TieredCache)
+      const utf8 = (s: string) => new TextEncoder().encode(s)
+      const options = { ttl: "10 minutes", grace: "5 minutes", tags: ["t"] } as const
+      yield* cache.set("k", utf8("v1"), options)
+      yield* TestClock.adjust(MINUTE)
+      yield* tiered.invalidateTags(["t"], { mode: "expire" })
+      let computes = 0
+      const compute = Effect.sleep("1 second").pipe(
+        Effect.as(utf8("v2")),
+        Effect.tap(() => {
+          computes++
+        })
+      )
+      const decode = (b: Uint8Array) => new TextDecoder().decode(b)
+      expect(decode(yield* cache.getOrCompute("k", compute, options))).toBe("v1")
+      expect(decode(yield* cache.getOrCompute("k", compute, options))).toBe("v1")
+      yield* TestClock.adjust("1 second")
+      yield* quiesce
+      expect(computes).toBe(1)
+      expect(decode(yield* cache.getOrCompute("k", compute, options))).toBe("v2")
+    }))
 })
