@@ -1,4 +1,4 @@
-import { CacheBackend } from "@cachekit/core"
+import { CacheBackend, CacheError } from "@cachekit/core"
 import { HttpClientCache } from "@cachekit/http"
 import { FetchHttpClient, HttpClient, HttpClientError, HttpClientResponse, HttpServerResponse } from "@effect/platform"
 import { NodeHttpClient, NodeHttpServerRequest } from "@effect/platform-node"
@@ -44,6 +44,20 @@ const stored = (path: string) =>
     const backend = yield* CacheBackend.CacheBackendTag
     return Option.isSome(yield* Effect.orDie(backend.get(`GET ${origin.url(path)}`)))
   })
+
+/** A backend whose every operation fails. */
+const brokenBackend: CacheBackend.CacheBackend = (() => {
+  const fail = (operation: string) =>
+    Effect.fail(CacheError.backendUnavailable("broken", operation, "connection refused"))
+  return {
+    name: "broken",
+    get: () => fail("get"),
+    set: () => fail("set"),
+    delete: () => fail("delete"),
+    clear: fail("clear"),
+    health: Effect.succeed({ backend: "broken", status: "down", latencyMillis: 0 })
+  }
+})()
 
 /** A body of `size` bytes in `chunk`-byte pieces, generated lazily from one shared buffer. */
 const bytes = (size: number, chunk = 64 * 1024) => {
@@ -441,6 +455,30 @@ describe("HttpClientCache", () => {
       expect(ranged.headers["cache-status"]).toContain("fwd=bypass")
       expect(yield* calls("/range")).toBe(2)
     }).pipe(Effect.provide(cachedClient())))
+
+  it.scoped("keeps serving from the origin when the backend fails", () =>
+    Effect.gen(function*() {
+      yield* route("/down", ({ n }) => text(`body ${n}`, { "cache-control": "max-age=60" }))
+      const first = yield* fetchText("/down")
+      const second = yield* fetchText("/down")
+      expect([first.status, first.body, second.body]).toEqual([200, "body 1", "body 2"])
+    }).pipe(Effect.provide(cachedClient({}, Layer.succeed(CacheBackend.CacheBackendTag, brokenBackend)))))
+
+  it.scoped("a request waiting on a leader whose body nobody reads goes upstream after coalesceTimeout", () =>
+    Effect.gen(function*() {
+      yield* route("/unread", ({ n }) => text(`body ${n}`, { "cache-control": "max-age=60" }))
+      const origin = yield* OriginTag
+      const client = yield* HttpClient.HttpClient
+      const leader = yield* client.get(origin.url("/unread"))
+      const follower = yield* Effect.fork(Effect.flatMap(client.get(origin.url("/unread")), (r) => r.text))
+      // Let the follower reach its wait (in-memory work only), then let the test clock pass the timeout.
+      yield* realSleep(100)
+      expect(follower.unsafePoll()).toBeNull()
+      yield* TestClock.adjust("6 seconds")
+      expect(yield* Fiber.join(follower)).toBe("body 2")
+      expect(leader.status).toBe(200)
+      expect(yield* calls("/unread")).toBe(2)
+    }).pipe(Effect.provide(cachedClient({ coalesceTimeout: "5 seconds" }))))
 
   describe("modes and options", () => {
     it.scoped("reload goes upstream and replaces the stored response", () =>

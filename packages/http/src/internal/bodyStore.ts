@@ -12,10 +12,13 @@ import type { CacheBackend, CacheEntry } from "@cachekit/core"
 import type { Scope } from "effect"
 import { Effect, Exit, Fiber, Queue, Stream } from "effect"
 
-/** Receives the body chunks; `finish` stores (true when an entry was written), `abort` discards. */
+/** What became of a body: stored, too large to store here, or not stored (failed, aborted). */
+export type Written = "stored" | "too-large" | "failed"
+
+/** Receives the body chunks; `finish` stores, `abort` discards. */
 export interface BodyWriter {
   readonly write: (chunk: Uint8Array) => Effect.Effect<void>
-  readonly finish: Effect.Effect<boolean>
+  readonly finish: Effect.Effect<Written>
   readonly abort: Effect.Effect<void>
 }
 
@@ -61,15 +64,16 @@ const collectingWriter = (
           chunks.push(chunk)
         }
       }),
-    finish: Effect.suspend(() => {
-      if (overflowed || done) return Effect.succeed(false)
+    finish: Effect.suspend((): Effect.Effect<Written> => {
+      if (overflowed) return Effect.succeed("too-large")
+      if (done) return Effect.succeed("failed")
       done = true
       const value = concat(chunks, size)
       chunks = []
       return backend.set(key, { ...template, value, size }).pipe(
-        Effect.as(true),
+        Effect.as("stored" as const),
         Effect.catchAll((error) =>
-          Effect.logWarning("cachekit http: storing a response failed", error).pipe(Effect.as(false))
+          Effect.logWarning("cachekit http: storing a response failed", error).pipe(Effect.as("failed" as const))
         )
       )
     }),
@@ -113,12 +117,12 @@ const streamingWriter = (
     let done = false
     return {
       write: (chunk) => done ? Effect.void : Queue.offer(queue, chunk),
-      finish: Effect.suspend(() => {
-        if (done) return Effect.succeed(false)
+      finish: Effect.suspend((): Effect.Effect<Written> => {
+        if (done) return Effect.succeed("failed")
         done = true
         return Queue.offer(queue, null).pipe(
           Effect.zipRight(Fiber.await(fiber)),
-          Effect.map((exit) => Exit.isSuccess(exit) && exit.value)
+          Effect.map((exit) => Exit.isSuccess(exit) && exit.value ? "stored" : "failed")
         )
       }),
       abort: Effect.suspend(() => {
@@ -142,13 +146,13 @@ export const concat = (chunks: ReadonlyArray<Uint8Array>, size: number): Uint8Ar
 
 /**
  * Tees `body` into a writer built when the stream starts: the caller gets every chunk, the entry
- * is stored before the stream ends, and `settle` learns whether an entry was written (called once,
- * also when the caller stops early or the body fails: then with `false` and nothing stored).
+ * is stored before the stream ends, and `settle` learns what became of it (called once, also when
+ * the caller stops early or the body fails: then with `"failed"` and nothing stored).
  */
 export const tee = <E, R>(
   body: Stream.Stream<Uint8Array, E, R>,
   writer: Effect.Effect<BodyWriter>,
-  settle: (stored: boolean) => Effect.Effect<void>
+  settle: (written: Written) => Effect.Effect<void>
 ): Stream.Stream<Uint8Array, E, R> =>
   Stream.unwrapScoped(
     Effect.gen(function*() {
@@ -156,12 +160,12 @@ export const tee = <E, R>(
       const w = yield* Effect.acquireRelease(writer, (w) =>
         settled ? Effect.void : w.abort.pipe(Effect.zipRight(Effect.suspend(() => {
           settled = true
-          return settle(false)
+          return settle("failed")
         }))))
       const finish = w.finish.pipe(
-        Effect.flatMap((stored) => {
+        Effect.flatMap((written) => {
           settled = true
-          return settle(stored)
+          return settle(written)
         }),
         Effect.uninterruptible
       )

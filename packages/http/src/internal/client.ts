@@ -23,7 +23,7 @@ import { Clock, Deferred, Duration, Effect, Either, FiberId, Option, Stream } fr
 import type { Scope } from "effect"
 import * as Policy from "../HttpCachePolicy.js"
 import type { Options } from "../HttpClientCache.js"
-import { type EntryTemplate, makeWriter, tee } from "./bodyStore.js"
+import { type EntryTemplate, makeWriter, tee, type Written } from "./bodyStore.js"
 import { type Body, StreamResponse } from "./clientResponse.js"
 
 // ---------------------------------------------------------------------------------------------
@@ -116,6 +116,10 @@ const varyMiss: LookupResult = { _tag: "Miss", fwd: "vary-miss" }
 // ---------------------------------------------------------------------------------------------
 
 type Outcome = "stored" | "abandoned" | "uncacheable"
+
+/** A body too large for the backend is as good as uncacheable: followers go upstream at once. */
+const outcomeOf = (written: Written): Outcome =>
+  written === "stored" ? "stored" : written === "too-large" ? "uncacheable" : "abandoned"
 
 interface Inflight {
   readonly done: Deferred.Deferred<Outcome>
@@ -511,13 +515,13 @@ export const make = (
           // Nothing to stream: store now, so waiting followers are not held by a caller that never
           // reads an empty body (HEAD, 204, 304, Content-Length: 0).
           const writer = yield* makeWriter(backend, storageKey, template, options.maxBodySize, scope)
-          yield* settle((yield* writer.finish) ? "stored" : "abandoned")
+          yield* settle(outcomeOf(yield* writer.finish))
           return respond(request, response.status, response.headers, response.stream, status, "MISS")
         }
         const body = tee(
           response.stream,
           makeWriter(backend, storageKey, template, options.maxBodySize, scope),
-          (stored) => settle(stored ? "stored" : "abandoned")
+          (written) => settle(outcomeOf(written))
         )
         return respond(
           request,
