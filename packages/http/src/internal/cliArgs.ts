@@ -58,7 +58,7 @@ export const proxyFlags: Readonly<Record<string, FlagSpec>> = {
     env: "CACHEKIT_DISK_DIR",
     kind: "text",
     placeholder: "DIR",
-    help: "disk backend directory (default ./.cachekit/cache)"
+    help: "disk backend directory (default ./.cachekit)"
   },
   "redis-url": {
     env: "CACHEKIT_REDIS_URL",
