@@ -208,7 +208,14 @@ describe("WTinyLfu", () => {
         fc.integer({ min: 1, max: 12 }),
         fc.integer({ min: 1, max: 150 }),
         fc.array(op, { maxLength: 300 }),
-        (maxEntries, maxWeight, ops) => {
+        // short aging and climbing periods so that halving and window resizing happen within a run
+        fc.record({
+          sampleFactor: fc.constantFrom(0.5, 40),
+          climbSampleFactor: fc.constantFrom(0.5, 10),
+          initialWindowFraction: fc.constantFrom(0, 0.01, 0.3, 0.8),
+          climber: fc.constantFrom("probing" as const, "caffeine" as const)
+        }),
+        (maxEntries, maxWeight, ops, tuning) => {
           // The model: what was written and not yet reported as removed.
           const model = new Map<number, { value: number; deadline: number; weight: number }>()
           let version = 0
@@ -216,6 +223,7 @@ describe("WTinyLfu", () => {
           const policy = new WTinyLfu<number, number>({
             maxEntries,
             maxWeight,
+            ...tuning,
             onRemoval: (k, value, reason) => {
               if (reason === "replaced") {
                 expect(value).toBe(replacing)
