@@ -90,7 +90,10 @@ describe.skipIf(port === 0)("RedisInvalidationBus", () => {
       const b = yield* instance
       const has = (l1: MemoryBackend.MemoryBackend, key: string) => l1.unsafeGetSync(key, Date.now()) !== undefined
 
-      yield* a.tiered.backend.set("k", yield* entry("v1", 60_000))
+      // seed the shared tier directly (a write through A would broadcast, and that message could
+      // reach B after B's read below and rightly drop what B just promoted)
+      const seed = yield* RedisBackend.make({ port, prefix })
+      yield* seed.set("k", yield* entry("v1", 60_000))
       expect(text(yield* b.tiered.get("k"))).toEqual(Option.some("v1"))
       expect(has(b.l1, "k")).toBe(true)
 
