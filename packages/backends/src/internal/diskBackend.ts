@@ -1,6 +1,5 @@
 import type { CacheBackend as CB, CacheEntry } from "@cachekit/core"
-import { CacheBackend, CacheError } from "@cachekit/core"
-import { WTinyLfu } from "@cachekit/core/internal/wtinylfu"
+import { CacheBackend, CacheError, MemoryBackend } from "@cachekit/core"
 import * as NodeStream from "@effect/platform-node/NodeStream"
 import type { Scope } from "effect"
 import { Clock, Effect, Exit, Option, Stream } from "effect"
@@ -171,7 +170,7 @@ export const makeDiskBackend = (
       }
     }
 
-    const policy = new WTinyLfu<string, IndexRecord>({
+    const policy = new MemoryBackend.Policy<string, IndexRecord>({
       maxEntries: options.maxEntries,
       maxWeight: options.maxBytes,
       onRemoval: (key, record, reason) => {
