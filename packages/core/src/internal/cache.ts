@@ -390,13 +390,21 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
   /** The hot path of an in-process backend: one Clock read, one synchronous lookup. */
   const readSync = (key: string, allowStale: boolean): Effect.Effect<Option.Option<A>> => {
     const now = clock.unsafeCurrentTimeMillis()
-    return onEntryForGet(key, syncGet!(key, now), now, allowStale)
+    const entry = syncGet!(key, now)
+    // The common case inline: a fresh, already decoded value.
+    if (entry !== undefined && now < entry.expiresAt && entry.meta === undefined) {
+      const m = memo.get(entry)
+      if (m !== undefined) {
+        stats.hits.inc()
+        return m.some
+      }
+    }
+    return onEntryForGet(key, entry, now, allowStale)
   }
 
   const get = (key: string, options?: CacheApi.GetOptions): Effect.Effect<Option.Option<A>, CacheError> => {
-    const invalid = badKey(key)
-    if (invalid !== undefined) return Effect.fail(invalid)
-    const allowStale = options?.allowStale === true
+    if (typeof key !== "string" || key.length === 0 || key.length > maxKeyLength) return Effect.fail(badKey(key)!)
+    const allowStale = options !== undefined && options.allowStale === true
     if (syncGet !== undefined) {
       return lookup(readSync, key, allowStale, undefined, undefined)
     }
