@@ -5,6 +5,14 @@
  * (per-tier timeout + circuit breaker) instead of failing a read another tier can answer.
  * With an `InvalidationBus` the instance-local tiers of other instances drop what this one changes.
  *
+ * After the bus reconnects (or a subscriber overflows) the local tiers are CLEARED rather than
+ * resynchronised: Pub/Sub does not replay what was published while we were away, and a resync would
+ * re-read every local entry from the shared tier (one round trip each) and still miss tag and
+ * pattern deletes. Local tiers are small and short-lived; they refill from the shared tier.
+ *
+ * Concurrent misses of one key share one walk below L1; under the `Cache` service's single-flight
+ * compute that makes N concurrent misses cost one walk and one compute.
+ *
  * @example
  * const tiers = TieredCache.layer([
  *   { backend: memory, promote: { afterHits: 2, window: "1 minute" }, maxEntrySize: 64 * 1024 },

@@ -1,6 +1,6 @@
 import { Cache, CacheEntry, InvalidationBus, MemoryBackend, TieredCache } from "@cachekit/core"
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Context, Effect, Fiber, Layer, Option, TestClock } from "effect"
+import { Clock, Context, Effect, Fiber, Layer, Metric, Option, TestClock } from "effect"
 import { entryAt, makeEntry, makeMapBackend, str } from "./fixtures/tierFixtures.js"
 
 const SECOND = 1000
@@ -120,6 +120,34 @@ describe("TieredCache reads and writes", () => {
       const error = yield* Effect.flip(tiered.get(""))
       expect(error._tag).toBe("InvalidKey")
       expect(l2.calls.get).toBe(0)
+    }))
+})
+
+describe("TieredCache stats", () => {
+  it.scoped("publishes per-tier hits, misses, promotions and errors as Metrics, and a latency histogram", () =>
+    Effect.gen(function*() {
+      const tag = `metrics-${Math.random().toString(36).slice(2)}`
+      const l1 = makeMapBackend("l1", { sync: true })
+      const l2 = makeMapBackend("l2")
+      const tiered = yield* TieredCache.make([{ backend: l1, name: `${tag}-l1` }, { backend: l2, name: `${tag}-l2` }])
+      l2.store.set("k", yield* makeEntry("v", MINUTE))
+      yield* tiered.get("k") // L1 miss, L2 hit, promotion
+      yield* tiered.get("k") // L1 hit
+      l2.mode = "fail"
+      yield* tiered.get("nope") // L1 miss, L2 error
+      yield* tiered.stats // flushes the counters
+      const snapshot = yield* Metric.snapshot
+      const valueOf = (name: string, tier: string) =>
+        snapshot.find((p) =>
+          p.metricKey.name === name && p.metricKey.tags.some((t) => t.key === "tier" && t.value === tier)
+        )?.metricState
+      expect(valueOf("cachekit_tier_hits_total", `${tag}-l1`)).toMatchObject({ count: 1 })
+      expect(valueOf("cachekit_tier_misses_total", `${tag}-l1`)).toMatchObject({ count: 2 })
+      expect(valueOf("cachekit_tier_hits_total", `${tag}-l2`)).toMatchObject({ count: 1 })
+      expect(valueOf("cachekit_tier_promotions_total", `${tag}-l1`)).toMatchObject({ count: 1 })
+      expect(valueOf("cachekit_tier_errors_total", `${tag}-l2`)).toMatchObject({ count: 1 })
+      // one successful call timed on L2 (the failed one is counted as an error, not timed)
+      expect(valueOf("cachekit_tier_latency_ms", `${tag}-l2`)).toMatchObject({ count: 1 })
     }))
 })
 
