@@ -447,6 +447,26 @@ describe("HttpClientCache", () => {
       expect(yield* hit.text).toBe("whole body")
     }).pipe(Effect.provide(cachedClient())))
 
+  it.scoped("fills the cache on a conditional miss and answers the caller's condition itself", () =>
+    Effect.gen(function*() {
+      const forwarded: Array<string | undefined> = []
+      yield* route("/cmiss", ({ n, request }) => {
+        forwarded.push(request.headers["if-none-match"])
+        return text(`body ${n}`, { "cache-control": "max-age=60", etag: "\"t\"" })
+      })
+      const first = yield* fetchText("/cmiss", { headers: { "if-none-match": "\"t\"" } })
+      expect(first.status).toBe(304)
+      expect(first.headers["cache-status"]).toContain("stored")
+      // the origin got an unconditional request and the whole body was stored in the background
+      expect(forwarded).toEqual([undefined])
+      const hit = yield* eventually(
+        fetchText("/cmiss").pipe(Effect.orDie),
+        (r) => r.headers["cache-status"]?.includes("hit") === true
+      )
+      expect(hit.body).toBe("body 1")
+      expect(yield* calls("/cmiss")).toBe(1)
+    }).pipe(Effect.provide(cachedClient())))
+
   it.scoped("passes Range requests through to the origin", () =>
     Effect.gen(function*() {
       yield* route("/range", ({ n }) => text(`body ${n}`, { "cache-control": "max-age=60" }))

@@ -333,10 +333,40 @@ export const make = (
       settle: (outcome: Outcome) => Effect.Effect<void>
     ): Effect.Effect<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError> =>
       Effect.gen(function*() {
+        // A caller's own validators are not forwarded on a miss: the cache asks for the whole
+        // response (storable, unlike a 304) and answers the condition itself.
+        const callerConditional = snapshot.headers["if-none-match"] !== undefined ||
+          snapshot.headers["if-modified-since"] !== undefined
+        const outgoing = callerConditional
+          ? HttpClientRequest.make(request.method)(snapshot.url, {
+            headers: PlatformHeaders.remove(request.headers, ["if-none-match", "if-modified-since"])
+          })
+          : request
         const requestTime = yield* Clock.currentTimeMillis
-        const response = yield* client.execute(request)
+        const response = yield* client.execute(outgoing)
         const responseTime = yield* Clock.currentTimeMillis
-        return yield* storeResponse(request, response, snapshot, primary, mode, requestTime, responseTime, fwd, settle)
+        const served = yield* storeResponse(
+          request,
+          response,
+          snapshot,
+          primary,
+          mode,
+          requestTime,
+          responseTime,
+          fwd,
+          settle
+        )
+        if (callerConditional && response.status === 200 && notModified(snapshot.headers, response.headers)) {
+          // The body still flows into the backend, in the background (in the layer's scope).
+          yield* discard(served)
+          return new StreamResponse(
+            request,
+            304,
+            PlatformHeaders.unsafeFromRecord({ ...notModifiedHeaders(served.headers) }),
+            EMPTY
+          )
+        }
+        return served
       }).pipe(Effect.onExit((exit) => exit._tag === "Failure" ? settle("abandoned") : Effect.void))
 
     /**
