@@ -40,6 +40,17 @@ export interface Options {
   readonly scanCount?: number | undefined
   /** Name reported by `health` and in errors. Default `redis`. */
   readonly name?: string | undefined
+  /**
+   * Redis Cluster seed nodes: when given, the backend uses an ioredis `Cluster` client (url, host,
+   * port and db are ignored; username/password apply to every node). Scans run on every master.
+   */
+  readonly cluster?: ReadonlyArray<ClusterNode> | undefined
+}
+
+/** One node of a Redis Cluster (any node works as a seed; the client discovers the others). */
+export interface ClusterNode {
+  readonly host: string
+  readonly port: number
 }
 
 /**
@@ -56,8 +67,9 @@ export const layer = (options: Options = {}): Layer.Layer<Backend.CacheBackendTa
 
 /**
  * Reads `CACHEKIT_REDIS_URL` (default `redis://127.0.0.1:6379`), `CACHEKIT_REDIS_PREFIX` (default
- * `cachekit:`), `CACHEKIT_REDIS_COMMAND_TIMEOUT` (a duration, default `1 second`) and
- * `CACHEKIT_REDIS_MAX_ENTRY_SIZE` (bytes) through `Config`; `overrides` win over the environment.
+ * `cachekit:`), `CACHEKIT_REDIS_COMMAND_TIMEOUT` (a duration, default `1 second`),
+ * `CACHEKIT_REDIS_MAX_ENTRY_SIZE` (bytes) and `CACHEKIT_REDIS_CLUSTER` (comma-separated
+ * `host:port` seed nodes; switches to Cluster mode) through `Config`; `overrides` win over the environment.
  */
 export const layerConfig = (
   overrides: Options = {}
@@ -72,13 +84,22 @@ export const config: Config.Config<Options> = Config.all({
   url: Config.string("CACHEKIT_REDIS_URL").pipe(Config.withDefault("redis://127.0.0.1:6379")),
   prefix: Config.string("CACHEKIT_REDIS_PREFIX").pipe(Config.withDefault("cachekit:")),
   commandTimeout: Config.duration("CACHEKIT_REDIS_COMMAND_TIMEOUT").pipe(Config.withDefault(Duration.seconds(1))),
-  maxEntrySize: Config.option(Config.integer("CACHEKIT_REDIS_MAX_ENTRY_SIZE"))
+  maxEntrySize: Config.option(Config.integer("CACHEKIT_REDIS_MAX_ENTRY_SIZE")),
+  cluster: Config.option(Config.string("CACHEKIT_REDIS_CLUSTER"))
 }).pipe(Config.map((c) => ({
   url: c.url,
   prefix: c.prefix,
   commandTimeout: c.commandTimeout,
-  maxEntrySize: Option.getOrUndefined(c.maxEntrySize)
+  maxEntrySize: Option.getOrUndefined(c.maxEntrySize),
+  cluster: Option.getOrUndefined(Option.map(c.cluster, parseClusterNodes))
 })))
+
+/** Parses `host:port,host:port` (a bare host means port 6379). */
+export const parseClusterNodes = (list: string): ReadonlyArray<ClusterNode> =>
+  list.split(",").map((s) => s.trim()).filter((s) => s.length > 0).map((s) => {
+    const colon = s.lastIndexOf(":")
+    return colon < 0 ? { host: s, port: 6379 } : { host: s.slice(0, colon), port: Number(s.slice(colon + 1)) }
+  })
 
 // ---------------------------------------------------------------------------------------------
 
@@ -96,6 +117,7 @@ export interface ResolvedOptions {
   readonly maxEntrySize: number
   readonly scanCount: number
   readonly name: string
+  readonly cluster: ReadonlyArray<ClusterNode> | undefined
 }
 
 const resolve = (options: Options): ResolvedOptions => {
@@ -126,6 +148,7 @@ const resolve = (options: Options): ResolvedOptions => {
     connectTimeoutMillis: Duration.toMillis(options.connectTimeout ?? Duration.seconds(2)),
     maxEntrySize: options.maxEntrySize ?? 64 * 1024 * 1024,
     scanCount: options.scanCount ?? 500,
-    name: options.name ?? "redis"
+    name: options.name ?? "redis",
+    cluster: options.cluster !== undefined && options.cluster.length > 0 ? options.cluster : undefined
   }
 }

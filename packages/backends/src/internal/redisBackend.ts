@@ -2,9 +2,10 @@ import type { CacheBackend as CB } from "@cachekit/core"
 import { CacheBackend, CacheEntry, CacheError } from "@cachekit/core"
 import { Clock, Effect, Either, Option } from "effect"
 import type { Scope } from "effect"
-import { Redis } from "ioredis"
+import type { Cluster, Redis } from "ioredis"
 import type { Result } from "ioredis"
 import type { ResolvedOptions } from "../RedisBackend.js"
+import { groupByNode, makeClient, scanTargets } from "./redisCluster.js"
 
 declare module "ioredis" {
   interface RedisCommander<Context> {
@@ -60,6 +61,31 @@ end
 return old
 `
 
+/**
+ * Commands of one batch. Recorded rather than sent, so that on a Cluster they can be split into
+ * one pipeline per node (ioredis rejects a cluster pipeline whose keys live on different nodes).
+ * Every command's first argument is its key.
+ */
+class Batch {
+  readonly commands: Array<Array<string>> = []
+  srem(key: string, ...members: Array<string>) {
+    this.commands.push(["srem", key, ...members])
+  }
+  smembers(key: string) {
+    this.commands.push(["smembers", key])
+  }
+  /** Keys of one call must share a slot on a Cluster (an entry and its links do). */
+  unlink(...keys: Array<string>) {
+    this.commands.push(["unlink", ...keys])
+  }
+  sismember(key: string, member: string) {
+    this.commands.push(["sismember", key, member])
+  }
+  cachekitTagLink(key: string, member: string, ttl: string) {
+    this.commands.push(["cachekitTagLink", key, member, ttl])
+  }
+}
+
 /** Escapes glob metacharacters so a literal string can be used in SCAN MATCH. */
 const escapeGlob = (s: string) => s.replace(/[*?[\]\\]/g, "\\$&")
 
@@ -78,7 +104,10 @@ export const makeRedisBackend = (
         )
       )
     }
-    const where = `Redis at ${options.host}:${options.port}`
+    const isCluster = options.cluster !== undefined
+    const where = isCluster
+      ? `Redis Cluster (seeds ${options.cluster!.map((n) => `${n.host}:${n.port}`).join(", ")})`
+      : `Redis at ${options.host}:${options.port}`
     const hint = `set CACHEKIT_REDIS_URL or start redis-server`
 
     // the socket error behind a failure ("Connection is closed." alone does not say why)
@@ -100,11 +129,18 @@ export const makeRedisBackend = (
             ...(options.username === undefined ? {} : { username: options.username }),
             ...(options.password === undefined ? {} : { password: options.password })
           }
-          const c = options.url === undefined
-            ? new Redis({ ...redisOptions, host: options.host, port: options.port })
-            : new Redis(options.url, redisOptions)
+          const c = makeClient({
+            host: options.host,
+            port: options.port,
+            url: options.url,
+            cluster: options.cluster,
+            redisOptions
+          })
           // errors are reported through the commands that fail; without a listener ioredis logs them
           c.on("error", (error: unknown) => {
+            lastSocketError = error
+          })
+          c.on("node error", (error: unknown) => {
             lastSocketError = error
           })
           c.defineCommand("cachekitTagLink", { numberOfKeys: 1, lua: TAG_LINK_LUA })
@@ -150,19 +186,29 @@ export const makeRedisBackend = (
     const call = <A>(operation: string, f: () => Promise<A>): Effect.Effect<A, CacheError.CacheError> =>
       Effect.tryPromise({ try: f, catch: toError(operation) })
 
-    /** Runs a pipeline; the first command error fails the whole operation. */
+    /**
+     * Runs a batch as one pipeline (one per node on a Cluster, in parallel); the first command error
+     * fails the whole operation. Results come back in the order the commands were added.
+     */
     const pipeline = (
       operation: string,
-      build: (p: ReturnType<Redis["pipeline"]>) => void
+      build: (p: Batch) => void
     ): Effect.Effect<Array<unknown>, CacheError.CacheError> =>
       call(operation, async () => {
-        const p = client.pipeline()
-        build(p)
-        const results = (await p.exec()) ?? []
-        return results.map(([err, value]) => {
-          if (err) throw err
-          return value
-        })
+        const batch = new Batch()
+        build(batch)
+        const { commands } = batch
+        if (commands.length === 0) return []
+        const results: Array<unknown> = new Array(commands.length)
+        const groups = groupByNode(client, commands.map((c) => c[1]!))
+        await Promise.all(groups.map(async (indexes) => {
+          const replies = (await client.pipeline(indexes.map((i) => commands[i]!)).exec()) ?? []
+          replies.forEach(([err, value], j) => {
+            if (err) throw err
+            results[indexes[j]!] = value
+          })
+        }))
+        return results
       })
 
     const entryKey = (key: string) => `${prefix}e{${key}}`
@@ -255,28 +301,55 @@ export const makeRedisBackend = (
     const del = (key: string): Effect.Effect<boolean, CacheError.CacheError> =>
       Effect.flatMap(validate(key), () => Effect.map(removeKeys([key], "delete"), (n) => n > 0))
 
-    /** Visits every key matching `match`, a page at a time. */
+    /** Visits every key matching `match`, a page at a time (on every master of a Cluster). */
     const scanAll = (
       operation: string,
       match: string,
       onPage: (keys: Array<string>) => Effect.Effect<void, CacheError.CacheError>
     ) =>
       Effect.gen(function*() {
-        let cursor = "0"
-        do {
-          const [next, keys] = yield* call(
-            operation,
-            () => client.scan(cursor, "MATCH", match, "COUNT", options.scanCount)
-          )
-          cursor = next
-          if (keys.length > 0) yield* onPage(keys)
-        } while (cursor !== "0")
+        for (const node of scanTargets(client)) {
+          let cursor = "0"
+          do {
+            const [next, keys] = yield* call(
+              operation,
+              () => node.scan(cursor, "MATCH", match, "COUNT", options.scanCount)
+            )
+            cursor = next
+            if (keys.length > 0) yield* onPage(keys)
+          } while (cursor !== "0")
+        }
       })
 
     const clear = scanAll("clear", `${escapeGlob(prefix)}*`, (keys) =>
       Effect.asVoid(pipeline("clear", (p) => {
-        p.unlink(...keys)
+        // one UNLINK per key on a Cluster: keys of one page live in many slots (no CROSSSLOT)
+        if (isCluster) { for (const k of keys) p.unlink(k) }
+        else p.unlink(...keys)
       })))
+
+    /**
+     * One SCAN page. On a Cluster the cursor is `<master index>:<node cursor>`, walking the masters
+     * (sorted by address) one after the other; a failover between pages may repeat or skip keys, as
+     * SCAN itself may when a node changes.
+     */
+    const scanPage = (match: string, cursor: string | undefined, count: number) =>
+      Effect.gen(function*() {
+        if (!isCluster) {
+          const [next, keys] = yield* call("scan", () => client.scan(cursor ?? "0", "MATCH", match, "COUNT", count))
+          return { keys, cursor: next === "0" ? undefined : next }
+        }
+        const masters = scanTargets(client)
+        const colon = cursor === undefined ? -1 : cursor.indexOf(":")
+        let index = colon < 0 ? 0 : Number(cursor!.slice(0, colon))
+        let nodeCursor = colon < 0 ? "0" : cursor!.slice(colon + 1)
+        const node = masters[index]
+        if (node === undefined) return { keys: [], cursor: undefined }
+        const [next, keys] = yield* call("scan", () => node.scan(nodeCursor, "MATCH", match, "COUNT", count))
+        nodeCursor = next
+        if (nodeCursor === "0") index++
+        return { keys, cursor: index >= masters.length ? undefined : `${index}:${nodeCursor}` }
+      })
 
     /** Members of a tag set whose entries still carry the tag; stale members are pruned. */
     const liveMembers = (tag: string) =>
@@ -318,20 +391,10 @@ export const makeRedisBackend = (
 
     const scanCapability: CB.ScanCapability = {
       keys: (pattern, page) =>
-        Effect.gen(function*() {
-          const [next, keys] = yield* call(
-            "scan",
-            () =>
-              client.scan(
-                page?.cursor ?? "0",
-                "MATCH",
-                `${escapeGlob(prefix)}e{${pattern}}`,
-                "COUNT",
-                page?.count ?? options.scanCount
-              )
-          )
-          return { keys: keys.map(userKeyOfEntryKey), cursor: next === "0" ? undefined : next }
-        }),
+        Effect.map(
+          scanPage(`${escapeGlob(prefix)}e{${pattern}}`, page?.cursor, page?.count ?? options.scanCount),
+          ({ cursor, keys }) => ({ keys: keys.map(userKeyOfEntryKey), cursor })
+        ),
       deletePattern: (pattern) =>
         Effect.gen(function*() {
           let removed = 0
@@ -343,14 +406,27 @@ export const makeRedisBackend = (
         })
     }
 
+    /** PING (every master on a Cluster: some down is `degraded`, all down or none known is `down`). */
     const health: Effect.Effect<CB.Health> = Effect.gen(function*() {
       const start = yield* Clock.currentTimeNanos
-      const result = yield* Effect.either(call("ping", () => client.ping()))
+      const targets = isCluster ? scanTargets(client) : [client]
+      const results = yield* Effect.forEach(
+        targets,
+        (node) => Effect.either(call("ping", () => node.ping())),
+        { concurrency: "unbounded" }
+      )
       const latencyMillis = Number((yield* Clock.currentTimeNanos) - start) / 1e6
-      return Either.match(result, {
-        onLeft: (e): CB.Health => ({ backend: name, status: "down", latencyMillis, detail: e.message }),
-        onRight: (): CB.Health => ({ backend: name, status: "up", latencyMillis })
-      })
+      const failures = results.filter(Either.isLeft).map((e) => e.left.message)
+      if (targets.length === 0) {
+        return { backend: name, status: "down", latencyMillis, detail: `${where}: no master is known` }
+      }
+      if (failures.length === 0) return { backend: name, status: "up", latencyMillis }
+      return {
+        backend: name,
+        status: failures.length === targets.length ? "down" : "degraded",
+        latencyMillis,
+        detail: failures.join("; ")
+      }
     })
 
     return {
@@ -367,4 +443,4 @@ export const makeRedisBackend = (
   })
 
 /** The ioredis client type, for tests and benchmarks that want the raw client. */
-export type RedisClient = Redis
+export type RedisClient = Redis | Cluster

@@ -1,0 +1,145 @@
+/**
+ * A throwaway Redis Cluster for the test run: six `redis-server --cluster-enabled yes` nodes on
+ * loopback (3 masters, 3 replicas), joined with `redis-cli --cluster create --cluster-replicas 1`,
+ * ready once every node reports `cluster_state:ok`. Each node gets its own temp directory for its
+ * cluster config file; everything is removed on `stop`.
+ */
+import { type ChildProcess, execFile, spawn } from "node:child_process"
+import * as fs from "node:fs/promises"
+import * as net from "node:net"
+import * as os from "node:os"
+import * as path from "node:path"
+
+export interface ClusterNode {
+  readonly host: string
+  readonly port: number
+}
+
+export interface RedisClusterProcess {
+  /** The six nodes (masters and replicas); any of them works as a seed for a client. */
+  readonly nodes: ReadonlyArray<ClusterNode>
+  readonly stop: () => Promise<void>
+}
+
+const run = (command: string, args: ReadonlyArray<string>, timeoutMillis = 10_000): Promise<string> =>
+  new Promise((resolve, reject) => {
+    execFile(command, [...args], { timeout: timeoutMillis }, (error, stdout, stderr) => {
+      if (error) reject(new Error(`${command} ${args.join(" ")} failed: ${error.message}\n${stdout}\n${stderr}`))
+      else resolve(stdout)
+    })
+  })
+
+const isFree = (port: number): Promise<boolean> =>
+  new Promise((resolve) => {
+    const server = net.createServer()
+    server.once("error", () => resolve(false))
+    server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)))
+  })
+
+/**
+ * A port P such that P and P + 10000 (the node's cluster bus port) are both free. Picked from
+ * 20000..39999 so the bus port stays under the ephemeral range the OS hands out for port 0.
+ */
+const freeNodePort = async (taken: Set<number>): Promise<number> => {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 20_000)
+    if (taken.has(port) || taken.has(port + 10_000)) continue
+    if (await isFree(port) && await isFree(port + 10_000)) {
+      taken.add(port)
+      taken.add(port + 10_000)
+      return port
+    }
+  }
+  throw new Error("no free port pair for a cluster node")
+}
+
+const canConnect = (port: number): Promise<boolean> =>
+  new Promise((resolve) => {
+    const socket = net.connect({ host: "127.0.0.1", port })
+    socket.once("connect", () => {
+      socket.destroy()
+      resolve(true)
+    })
+    socket.once("error", () => resolve(false))
+  })
+
+const sleep = (millis: number) => new Promise((r) => setTimeout(r, millis))
+
+const waitUntil = async (what: string, check: () => Promise<boolean>, timeoutMillis: number) => {
+  const deadline = Date.now() + timeoutMillis
+  while (Date.now() < deadline) {
+    if (await check()) return
+    await sleep(25)
+  }
+  throw new Error(`${what} within ${timeoutMillis} ms`)
+}
+
+/** Starts and joins the cluster (about 1.5 s on a 2-core machine). */
+export const startRedisCluster = async (): Promise<RedisClusterProcess> => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), "cachekit-cluster-"))
+  const taken = new Set<number>()
+  const ports: Array<number> = []
+  for (let i = 0; i < 6; i++) ports.push(await freeNodePort(taken))
+  const children: Array<ChildProcess> = []
+  const stop = async () => {
+    await Promise.all(children.map((child) =>
+      new Promise<void>((resolve) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resolve()
+        child.once("exit", () => resolve())
+        child.kill("SIGKILL")
+      })
+    ))
+    await fs.rm(dir, { recursive: true, force: true })
+  }
+  try {
+    for (const port of ports) {
+      const nodeDir = path.join(dir, String(port))
+      await fs.mkdir(nodeDir)
+      children.push(spawn("redis-server", [
+        "--port",
+        String(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        nodeDir,
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        path.join(nodeDir, "nodes.conf"),
+        // a dead master is detected after this; short so that failover tests stay short
+        "--cluster-node-timeout",
+        "2000",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+        "--loglevel",
+        "warning"
+      ], { stdio: "ignore" }))
+    }
+    await Promise.all(ports.map((port, i) =>
+      waitUntil(`cluster node ${port} did not accept connections`, async () => {
+        if (children[i]!.exitCode !== null) throw new Error(`cluster node ${port} exited`)
+        return canConnect(port)
+      }, 5000)
+    ))
+    await run("redis-cli", [
+      "--cluster",
+      "create",
+      ...ports.map((p) => `127.0.0.1:${p}`),
+      "--cluster-replicas",
+      "1",
+      "--cluster-yes"
+    ])
+    await waitUntil("the cluster did not report cluster_state:ok on every node", async () => {
+      const states = await Promise.all(ports.map((p) => run("redis-cli", ["-p", String(p), "cluster", "info"])))
+      return states.every((s) => s.includes("cluster_state:ok"))
+    }, 10_000)
+    return { nodes: ports.map((port) => ({ host: "127.0.0.1", port })), stop }
+  } catch (error) {
+    await stop()
+    throw error
+  }
+}
