@@ -75,7 +75,32 @@ export const WireHeader = Schema.Struct({
 })
 export type WireHeader = typeof WireHeader.Type
 
-const decodeHeader = Schema.decodeUnknownEither(Schema.parseJson(WireHeader))
+const decodeHeader = Schema.decodeUnknownEither(WireHeader)
+
+const isTimeOrNull = (u: unknown): boolean => u === null || typeof u === "number"
+
+/** True when `u` has exactly the shape of a `WireHeader` (the common case), checked without the Schema runtime. */
+const isPlainHeader = (u: unknown): u is WireHeader => {
+  if (typeof u !== "object" || u === null || Array.isArray(u)) return false
+  const h = u as Record<string, unknown>
+  if (h.v !== WIRE_VERSION || typeof h.createdAt !== "number" || typeof h.size !== "number") return false
+  if (!isTimeOrNull(h.expiresAt) || !isTimeOrNull(h.staleUntil)) return false
+  const tags = h.tags
+  if (!Array.isArray(tags)) return false
+  for (let i = 0; i < tags.length; i++) if (typeof tags[i] !== "string") return false
+  const meta = h.meta
+  if (meta !== undefined) {
+    if (typeof meta !== "object" || meta === null || Array.isArray(meta)) return false
+    for (const k in meta) if (typeof (meta as Record<string, unknown>)[k] !== "string") return false
+  }
+  for (const k in h) {
+    if (
+      k !== "v" && k !== "createdAt" && k !== "expiresAt" && k !== "staleUntil" && k !== "tags" && k !== "size" &&
+      k !== "meta"
+    ) return false
+  }
+  return true
+}
 const encoder = new TextEncoder()
 const decoder = new TextDecoder("utf-8", { fatal: true })
 
@@ -116,15 +141,22 @@ export const decodeEither = (key: string, bytes: Uint8Array): Either.Either<Cach
   if (bytes[2] !== WIRE_VERSION) return fail(`wire format version ${bytes[2]} is not ${WIRE_VERSION}`)
   const headerLength = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(3)
   if (7 + headerLength > bytes.byteLength) return fail("truncated header")
-  let text: string
+  let parsed: unknown
   try {
-    text = decoder.decode(bytes.subarray(7, 7 + headerLength))
+    parsed = JSON.parse(decoder.decode(bytes.subarray(7, 7 + headerLength)))
   } catch (cause) {
-    return fail("header is not UTF-8", cause)
+    return fail("header is not UTF-8 JSON", cause)
   }
-  const header = decodeHeader(text)
-  if (Either.isLeft(header)) return fail("bad header", header.left)
-  const h = header.right
+  // Hot path (every L2 hit): a hand-written check of the common shape; anything unusual goes through the
+  // Schema, which stays the definition of the format and gives the detailed error.
+  let h: WireHeader
+  if (isPlainHeader(parsed)) {
+    h = parsed
+  } else {
+    const header = decodeHeader(parsed)
+    if (Either.isLeft(header)) return fail("bad header", header.left)
+    h = header.right
+  }
   const value = bytes.subarray(7 + headerLength)
   if (value.byteLength !== h.size) return fail(`value has ${value.byteLength} bytes, header says ${h.size}`)
   return Either.right({

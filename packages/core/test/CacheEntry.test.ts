@@ -37,4 +37,40 @@ describe("CacheEntry wire format", () => {
       const error = yield* Effect.flip(CacheEntry.decode("k", future))
       expect(error.message).toContain("version 2")
     }).pipe(Effect.runSync))
+
+  const withHeader = (header: unknown, value = new Uint8Array([7])) => {
+    const json = new TextEncoder().encode(JSON.stringify(header))
+    const out = new Uint8Array(7 + json.length + value.length)
+    out.set([0x43, 0x4b, 1])
+    new DataView(out.buffer).setUint32(3, json.length)
+    out.set(json, 7)
+    out.set(value, 7 + json.length)
+    return out
+  }
+  const good = { v: 1, createdAt: 1, expiresAt: 5, staleUntil: null, tags: ["a"], size: 1 }
+
+  it("rejects headers whose fields have the wrong types", () => {
+    for (
+      const bad of [
+        { ...good, createdAt: "1" },
+        { ...good, expiresAt: "soon" },
+        { ...good, tags: [1] },
+        { ...good, tags: "a" },
+        { ...good, meta: { a: 1 } },
+        { ...good, size: 2 },
+        [good],
+        null
+      ]
+    ) {
+      expect(Either.isLeft(CacheEntry.decodeEither("k", withHeader(bad)))).toBe(true)
+    }
+  })
+
+  it("reads a header with fields a later release added (same version), ignoring them", () => {
+    const decoded = CacheEntry.decodeEither("k", withHeader({ ...good, addedLater: { x: 1 } }))
+    const entry = Either.getOrThrow(decoded)
+    expect(entry.expiresAt).toBe(5)
+    expect(entry.staleUntil).toBe(Number.POSITIVE_INFINITY)
+    expect(entry.tags).toEqual(["a"])
+  })
 })
