@@ -7,3 +7,4 @@
 export * as HttpCachePolicy from "./HttpCachePolicy.js"
 export * as Proxy from "./Proxy.js"
 export * as HttpClientCache from "./HttpClientCache.js"
+export * as HttpServerCache from "./HttpServerCache.js"
