@@ -292,7 +292,7 @@ export const make = (
       x: XCache
     ) => respond(request, response.status, response.headers, response.stream, cacheStatusValue, x)
 
-    /** A stored response, with RFC 9111 §5.1 Age, answering a conditional request with 304 when its ETag matches. */
+    /** A stored response (headers carry the RFC 9111 §5.1 Age); a caller's matching validators get a 304. */
     const serveStored = (
       request: HttpClientRequest.HttpClientRequest,
       snapshot: Policy.RequestSnapshot,
@@ -302,7 +302,7 @@ export const make = (
       x: XCache
     ) => {
       if (found.policy.status === 200 && notModified(snapshot.headers, found.policy.responseHeaders)) {
-        return respond(request, 304, notModifiedHeaders(headers), Stream.empty, cacheStatusValue, x)
+        return respond(request, 304, notModifiedHeaders(headers), EMPTY, cacheStatusValue, x)
       }
       const body = snapshot.method === "HEAD" ? EMPTY : found.body
       return respond(request, found.policy.status, headers, body, cacheStatusValue, x)
@@ -321,7 +321,7 @@ export const make = (
     })
 
     /**
-     * Sends `outgoing` upstream and stores the response when it may be stored; the returned
+     * Sends the request upstream and stores the response when it may be stored; the returned
      * response's body is tee'd into the backend. `settle` learns the outcome exactly once.
      */
     const fetchAndStore = (
