@@ -243,7 +243,9 @@ const main = async () => {
       `Measured by \`npm run bench -- cache-hit\` (${
         new Date().toISOString().slice(0, 10)
       }, Node ${process.version}, ` +
-      `${(await import("node:os")).cpus().length} cores shared with other work, so absolute numbers move by ~20%; ` +
+      `${
+        (await import("node:os")).cpus().length
+      } cores shared with other work, so absolute numbers move by up to ~50% between runs; ` +
       "the ratios come from one run). Every read is a hit on one of 1,024 warm string values; cachekit reads " +
       "through a Schema-typed view (`cache.typed(Schema.String)`) on `MemoryBackend`. Rates are ops per CPU-second of the bench process (wall time on a shared machine mostly measures the scheduler). Cases run round-robin, 4 rounds of ~0.15 CPU-s each; the best round counts.",
       "",
