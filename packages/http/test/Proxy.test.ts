@@ -36,6 +36,14 @@ const extraRoutes = {
       res.writeHead(200, { "content-length": "1000000", "cache-control": "no-store" })
       res.write(Buffer.alloc(1000, 1))
       setTimeout(() => res.destroy(), 50)
+    }),
+  // promises 2 KB (a small body, read whole before answering), sends 100 bytes, then drops
+  "/half-small": (_seen: Seen, request: HttpServerRequest.HttpServerRequest) =>
+    Effect.async<HttpServerResponse.HttpServerResponse>(() => {
+      const res = NodeHttpServerRequest.toServerResponse(request)
+      res.writeHead(200, { "content-length": "2000", "cache-control": "no-store" })
+      res.write(Buffer.alloc(100, 1))
+      setTimeout(() => res.destroy(), 50)
     })
 }
 
@@ -299,6 +307,16 @@ describe("Proxy streaming", () => {
       }).pipe(Effect.either)
       // a truncated body must never look complete
       expect(outcome._tag).toBe("Left")
+    }).pipe(Effect.provide(env())))
+})
+
+describe("Proxy small bodies", () => {
+  it.scopedLive("answers 502 when a small upstream body breaks before it is complete", () =>
+    Effect.gen(function*() {
+      const proxy = yield* Proxy.ProxyTag
+      const res = yield* fetchVia(`${proxy.url}/half-small`)
+      expect(res.status).toBe(502)
+      expect(res.text).toContain("sent a broken response")
     }).pipe(Effect.provide(env())))
 })
 
