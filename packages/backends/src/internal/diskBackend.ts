@@ -268,9 +268,14 @@ export const makeDiskBackend = (
       })
 
     const get = (key: string): Effect.Effect<Option.Option<CacheEntry.CacheEntry>, CacheError.CacheError> =>
+      Effect.flatMap(lookup(key), (record) => record === undefined ? Effect.succeedNone : readVerified(key, record))
+
+    /** Reads a whole body and checks it against its record: a torn or altered file is a miss. */
+    const readVerified = (
+      key: string,
+      record: IndexRecord
+    ): Effect.Effect<Option.Option<CacheEntry.CacheEntry>, CacheError.CacheError> =>
       Effect.gen(function*() {
-        const record = yield* lookup(key)
-        if (record === undefined) return Option.none()
         const read = yield* Effect.either(io("read", () => fs.readFile(contentPath(record.digest))))
         if (read._tag === "Left") {
           if (!isNotFound(read.left.cause)) return yield* Effect.fail(read.left)
@@ -368,6 +373,15 @@ export const makeDiskBackend = (
         Effect.gen(function*() {
           const record = yield* lookup(key)
           if (record === undefined) return Option.none()
+          if (record.size <= options.chunkSize) {
+            // A body of one chunk is verified before anything is answered: a corrupt one is a miss,
+            // not a response that fails after its head was sent.
+            const whole = yield* readVerified(key, record)
+            return Option.map(
+              whole,
+              (entry) => ({ entry: { ...entry, value: EMPTY }, body: Stream.succeed(entry.value) })
+            )
+          }
           const stat = yield* Effect.either(io("stat", () => fs.stat(contentPath(record.digest))))
           if (stat._tag === "Left" || stat.right.size !== record.size) {
             // a truncated (or missing) body is caught before a byte is sent
