@@ -1,7 +1,7 @@
 /**
  * A memory cache with the admin API and dashboard on http://127.0.0.1:9464/admin/ and some traffic
  * to watch. Run: `CACHEKIT_ADMIN_TOKEN=$(openssl rand -hex 16) npx tsx examples/admin.ts`
- * then open the dashboard and paste the token.
+ * then open the dashboard and paste the token. `CACHEKIT_ADMIN_PORT` picks another port.
  */
 import { AdminAuth, AdminServer, AdminTarget, OperationLog } from "@cachekit/admin"
 import { Cache, MemoryBackend } from "@cachekit/core"
@@ -23,7 +23,9 @@ const traffic = Effect.gen(function*() {
   }).pipe(Effect.repeat(Schedule.spaced("20 millis")))
 })
 
-const AdminLive = AdminServer.layer({ port: 9464, prefix: "/admin" }).pipe(
+const port = Number(process.env["CACHEKIT_ADMIN_PORT"] ?? 9464)
+
+const AdminLive = AdminServer.layer({ port, prefix: "/admin" }).pipe(
   Layer.provide(AdminTarget.layerFromCache()),
   Layer.provide(AdminAuth.layerConfig),
   Layer.provide(OperationLog.layer({ sampleRate: 0.01, hashKeys: true }))
@@ -34,7 +36,7 @@ const MainLive = Layer.mergeAll(AdminLive, Layer.scopedDiscard(Effect.forkScoped
   Layer.provideMerge(MemoryBackend.layer({ maxEntries: 500 }))
 )
 
-Console.log("dashboard: http://127.0.0.1:9464/admin/  (token: $CACHEKIT_ADMIN_TOKEN)").pipe(
+Console.log(`dashboard: http://127.0.0.1:${port}/admin/  (token: $CACHEKIT_ADMIN_TOKEN)`).pipe(
   Effect.zipRight(Layer.launch(MainLive)),
   NodeRuntime.runMain
 )

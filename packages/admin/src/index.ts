@@ -2,6 +2,7 @@
  * @cachekit/admin: the admin REST API (HttpApi), bearer-token auth, Prometheus metrics, a structured
  * operation log and a live dashboard page.
  *
+ * @module @cachekit/admin
  * @since 0.1.0
  */
 export * as AdminApi from "./AdminApi.js"

@@ -1,6 +1,7 @@
 /**
  * @cachekit/backends: Redis, Memcached and content-addressed disk backends.
  *
+ * @module @cachekit/backends
  * @since 0.1.0
  */
 export * as DiskBackend from "./DiskBackend.js"

@@ -2,6 +2,7 @@
  * @cachekit/core: contracts (backend, entry, codecs, errors), the W-TinyLFU memory backend,
  * the Cache service and tiers.
  *
+ * @module @cachekit/core
  * @since 0.1.0
  */
 export * as CacheBackend from "./CacheBackend.js"

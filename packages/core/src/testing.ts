@@ -31,6 +31,7 @@
  * Any backend can be recorded the same way with `TestCache.recording(backend)` (for a tier of a
  * `TieredCache`, say).
  *
+ * @module @cachekit/core/testing
  * @since 0.1.0
  */
 import type { Schema, Scope } from "effect"
@@ -76,7 +77,7 @@ export interface TestStats {
 }
 
 /** Options of `seed`: the usual per-call cache options (ttl, grace, tags...). */
-export interface SeedOptions extends Cache.CacheOptions {}
+export type SeedOptions = Cache.CacheOptions
 
 /** Inspection and seeding of the cache built by `TestCache.layer`. */
 export interface TestCache {

@@ -2,6 +2,7 @@
  * @cachekit/http: RFC 9111 HTTP caching (policy, HttpClient and HttpServer middleware) and the
  * caching reverse proxy.
  *
+ * @module @cachekit/http
  * @since 0.1.0
  */
 export * as HttpCachePolicy from "./HttpCachePolicy.js"
