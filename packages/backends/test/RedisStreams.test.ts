@@ -119,7 +119,7 @@ describe.each(targets)("RedisStreams on $target", ({ options, skip }) => {
         const streams = yield* RedisStreams.make({ ...options, prefix })
         const raw = options.cluster === undefined
           ? new Redis({ port, host: "127.0.0.1" })
-          : new Redis.Cluster(options.cluster)
+          : new Redis.Cluster([...options.cluster])
         yield* Effect.promise(() => raw.set(`${prefix}plain`, "x"))
         yield* Effect.promise(() => raw.quit())
         const publish = yield* Effect.flip(streams.publish("plain", { n: "1" }))
