@@ -73,7 +73,7 @@ export const call = <E>(
     const request = HttpServerRequest.fromWeb(new Request(`http://local${path}`, { headers }))
     const response = yield* Effect.provideService(app, HttpServerRequest.HttpServerRequest, request)
     const body = response.body
-    let bytes = new Uint8Array(0)
+    let bytes: Uint8Array = new Uint8Array(0)
     if (body._tag === "Uint8Array") bytes = body.body
     else if (body._tag === "Stream") {
       const chunks = yield* Stream.runCollect(Stream.orDie(body.stream))

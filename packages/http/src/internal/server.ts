@@ -256,6 +256,7 @@ export const make = (
     const refreshing = new Set<string>()
     // Tags for backends without the tag capability: an in-process index of key -> tags.
     const localTags = backend.tags === undefined ? new Map<string, Set<string>>() : undefined
+    const hitHeaders = new WeakMap<Manifest, Record<string, string>>()
     const metricsByName = new Map<string, Record<Result, Metric.Metric.Counter<number>>>()
 
     const resolve = (overrides: Options | undefined): Resolved => {
@@ -650,8 +651,11 @@ export const make = (
             if (manifest.etag !== undefined) headers["etag"] = codedEtag(manifest.etag, manifest.encoding)
           }
         }
-        const snapshot: Policy.RequestSnapshot = { method: request.method, url: request.url, headers: request.headers }
-        const notModified = manifest.status === 200 ? Policy.notModified(headers, snapshot) : undefined
+        const conditional = request.headers["if-none-match"] !== undefined ||
+          request.headers["if-modified-since"] !== undefined
+        const notModified = conditional && manifest.status === 200
+          ? Policy.notModified(headers, { method: request.method, url: request.url, headers: request.headers })
+          : undefined
         if (notModified !== undefined) {
           return { response: HttpServerResponse.empty({ status: 304, headers: notModified }), notModified: true }
         }
@@ -718,6 +722,45 @@ export const make = (
           notModified: false
         }
       })
+
+    /**
+     * The common hit: an inline identity body, no Range, no validators to check. Built without an
+     * Effect; the stored headers are copied once per manifest.
+     */
+    const plainHit = (
+      o: Resolved,
+      request: HttpServerRequest.HttpServerRequest,
+      manifest: Manifest,
+      inline: Uint8Array | undefined,
+      ttl: number,
+      now: number
+    ): HttpServerResponse.HttpServerResponse | undefined => {
+      const h = request.headers
+      if (
+        inline === undefined || manifest.encoding !== undefined || request.method !== "GET" ||
+        (o.range && h["range"] !== undefined) || h["if-none-match"] !== undefined ||
+        h["if-modified-since"] !== undefined
+      ) return undefined
+      let base = hitHeaders.get(manifest)
+      if (base === undefined) {
+        base = { ...manifest.headers }
+        delete base["content-type"]
+        if (manifest.etag !== undefined) base["etag"] = manifest.etag
+        if (o.range) base["accept-ranges"] = "bytes"
+        if (o.responseCacheControl !== undefined) base["cache-control"] = o.responseCacheControl
+        hitHeaders.set(manifest, base)
+      }
+      const headers: Record<string, string> = {
+        ...base,
+        age: String(Math.max(0, Math.floor((now - manifest.storedAt) / 1000)))
+      }
+      if (o.cacheStatus) headers["cache-status"] = Policy.cacheStatus(o.name, { hit: true, ttl })
+      return HttpServerResponse.uint8Array(inline, {
+        status: manifest.status,
+        headers,
+        contentType: manifest.headers["content-type"] ?? "application/octet-stream"
+      })
+    }
 
     const bytesResponse = (
       identity: Uint8Array | undefined,
@@ -855,6 +898,12 @@ export const make = (
           if (now < manifest.expiresAt) {
             if (o.refreshAheadMillis > 0 && manifest.expiresAt - now <= o.refreshAheadMillis) {
               yield* refreshInBackground(o, key, request, runApp)
+            }
+            const plain = plainHit(o, request, manifest, inline, ttl, now)
+            if (plain !== undefined) {
+              yield* Metric.increment(m.hit)
+              if (o.log !== undefined) yield* logLine(o, request, key, "hit", plain.status)
+              return plain
             }
             const served = yield* serveStored(o, request, key, manifest, inline, { hit: true, ttl }, now, runApp)
             yield* Metric.increment(m.hit)
