@@ -75,25 +75,34 @@ export const parseDeltaSeconds = (value: string): number | undefined => {
   return n > MAX_DELTA_SECONDS ? MAX_DELTA_SECONDS : n
 }
 
-/** Splits a field value on commas that are not inside a quoted-string. */
-const splitDirectives = (value: string): Array<string> => {
+/**
+ * Splits a field value on commas that are not inside a quoted-string. A quote opens a quoted-string
+ * only as a directive's argument (right after `=`): a stray `"` elsewhere is an ordinary character.
+ * An argument left unterminated runs to the end (it hides what follows it); the directives it hides
+ * are returned too, so that the restrictive ones among them still apply (the safe side).
+ */
+const splitDirectives = (value: string): { readonly parts: Array<string>; readonly hidden: Array<string> } => {
   const parts: Array<string> = []
   let start = 0
+  let quoteStart = 0
   let inQuotes = false
+  let afterEquals = false
   for (let i = 0; i < value.length; i++) {
     const c = value.charCodeAt(i)
     if (inQuotes) {
       if (c === 92 /* \ */) i++
       else if (c === 34 /* " */) inQuotes = false
-    } else if (c === 34) {
+    } else if (c === 34 && afterEquals) {
       inQuotes = true
+      quoteStart = i + 1
     } else if (c === 44 /* , */) {
       parts.push(value.slice(start, i))
       start = i + 1
     }
+    if (c !== 32 && c !== 9) afterEquals = !inQuotes && c === 61 /* = */
   }
   parts.push(value.slice(start))
-  return parts
+  return { parts, hidden: inQuotes ? value.slice(quoteStart).split(",") : [] }
 }
 
 /** Strips surrounding quotes and backslash escapes; an unterminated quote runs to the end. */
@@ -166,7 +175,28 @@ const recentlyParsed = new Map<string, readonly [CacheControl, number]>()
 const parseUncached = (value: string): readonly [CacheControl, number] => {
   const cc: Mutable = { ...EMPTY, noCache: false, private: false }
   let count = 0
-  for (const part of splitDirectives(value)) {
+  const { hidden, parts } = splitDirectives(value)
+  for (const part of hidden) {
+    // Inside an unterminated argument: only what makes the response less reusable counts.
+    switch (part.split("=")[0]!.trim().toLowerCase()) {
+      case "no-store":
+        cc.noStore = true
+        break
+      case "no-cache":
+        cc.noCache = true
+        break
+      case "private":
+        cc.private = true
+        break
+      case "must-revalidate":
+        cc.mustRevalidate = true
+        break
+      case "proxy-revalidate":
+        cc.proxyRevalidate = true
+        break
+    }
+  }
+  for (const part of parts) {
     const eq = part.indexOf("=")
     const name = (eq === -1 ? part : part.slice(0, eq)).trim().toLowerCase()
     if (name.length === 0) continue
