@@ -114,10 +114,12 @@ const instanceA = Effect.gen(function*() {
 })
 
 // A removes the run's keys from Redis whatever happens (its prefix is unique to this run).
-const main = isB ? instanceB : Effect.ensuring(
-  instanceA,
-  Effect.flatMap(TieredCache.TieredCache, (tiers) => Effect.ignore(tiers.clear))
-)
+const main: Effect.Effect<void, unknown, Cache.Cache | MemoryBackend.MemoryBackendTag | TieredCache.TieredCache> = isB
+  ? instanceB
+  : Effect.ensuring(
+    instanceA,
+    Effect.flatMap(TieredCache.TieredCache, (tiers) => Effect.ignore(tiers.clear))
+  )
 
 Effect.runPromise(Effect.provide(main, CacheLive)).then(
   () => process.exit(0),
