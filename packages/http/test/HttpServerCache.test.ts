@@ -1,9 +1,9 @@
-import { MemoryBackend } from "@cachekit/core"
+import { CacheBackend, MemoryBackend } from "@cachekit/core"
 import { HttpServerCache } from "@cachekit/http"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Metric, Option, Stream } from "effect"
-import { gunzipSync } from "node:zlib"
+import { Effect, Layer, Metric, Option, Stream } from "effect"
+import { brotliDecompressSync, gunzipSync } from "node:zlib"
 import { fetchRaw, serve } from "./HttpServerCacheFixtures.js"
 
 const text = (body: string, headers: Record<string, string> = {}, status = 200) =>
@@ -336,6 +336,42 @@ describe("HttpServerCache over a real NodeHttpServer", () => {
       const second = yield* serve(quiet)
       yield* fetchRaw(`${second.base}/l`)
       expect(unsampled).toEqual([])
+    }))
+
+  it.scopedLive("stores bodies with brotli when configured", () =>
+    Effect.gen(function*() {
+      const body = "brotli ".repeat(500)
+      const app = HttpRouter.empty.pipe(
+        HttpRouter.get("/b", Effect.succeed(text(body))),
+        HttpServerCache.middleware({ compression: { encoding: "br" } })
+      )
+      const { base } = yield* serve(app)
+      yield* fetchRaw(`${base}/b`)
+      const br = yield* fetchRaw(`${base}/b`, { "accept-encoding": "br" })
+      expect(br.headers["content-encoding"]).toBe("br")
+      expect(brotliDecompressSync(br.body).toString("utf8")).toBe(body)
+      const identity = yield* fetchRaw(`${base}/b`, { "accept-encoding": "gzip" })
+      expect(identity.headers["content-encoding"]).toBeUndefined()
+      expect(identity.text).toBe(body)
+    }))
+
+  it.scopedLive("purges tags through its own index on a backend without the tag capability", () =>
+    Effect.gen(function*() {
+      let calls = 0
+      const app = HttpRouter.empty.pipe(
+        HttpRouter.get("/t/:id", Effect.sync(() => text(`t${++calls}`, { "cache-tag": "all" }))),
+        HttpServerCache.middleware({ key: HttpServerCache.Key.methodAndPath })
+      )
+      const memory = yield* MemoryBackend.make()
+      const untagged: CacheBackend.CacheBackend = { ...memory, tags: undefined }
+      const { base, cache } = yield* serve(app, {}, Layer.succeed(CacheBackend.CacheBackendTag, untagged))
+      yield* fetchRaw(`${base}/t/1`)
+      yield* fetchRaw(`${base}/t/2`)
+      expect((yield* fetchRaw(`${base}/t/1`)).text).toBe("t1")
+      expect(yield* cache.invalidateTags(["all"])).toBe(2)
+      expect((yield* fetchRaw(`${base}/t/1`)).text).toBe("t3")
+      expect(yield* cache.invalidate("GET /t/1")).toBe(true)
+      expect((yield* fetchRaw(`${base}/t/1`)).text).toBe("t4")
     }))
 
   it.scopedLive("HEAD is answered from the GET entry without a body", () =>
