@@ -1,0 +1,388 @@
+/**
+ * Caching reverse proxies side by side (`npm run bench -- proxy`):
+ *
+ * - cachekit: `cachekit proxy` (the CLI, memory backend, shared cache);
+ * - undici cache: a plain Node `http` proxy forwarding with undici 7's `interceptors.cache()`
+ *   (MemoryCacheStore, shared cache type);
+ * - node, no cache: the same plain Node proxy without the interceptor;
+ * - cachekit, no cache: `cachekit proxy --backend none` (forwarding only).
+ *
+ * The origin and every proxy run in child processes on loopback; autocannon drives them from this
+ * process. Hit req/s and p50/p99 for 1 KiB and 1 MiB bodies with 1 and 64 connections, then the
+ * peak RSS of each caching proxy while it serves 200 hits of a 50 MiB body. The table is written
+ * to bench/README.md under "## Proxy".
+ *
+ * The same file is the origin and the plain proxies: `--role origin|node-proxy`.
+ */
+import type { ChildProcess } from "node:child_process"
+import { spawn } from "node:child_process"
+import { readFileSync, writeFileSync } from "node:fs"
+import * as Http from "node:http"
+import { createRequire } from "node:module"
+import type { AddressInfo } from "node:net"
+import * as Path from "node:path"
+import { pipeline } from "node:stream"
+import { fileURLToPath } from "node:url"
+import { Agent, cacheStores, interceptors, request } from "undici"
+
+/** The part of autocannon's API used here (the package ships no types). */
+interface AutocannonResult {
+  readonly requests: { readonly average: number }
+  readonly latency: { readonly p50: number; readonly p99: number }
+  readonly errors: number
+  readonly non2xx: number
+}
+const autocannon = createRequire(import.meta.url)("autocannon") as (options: {
+  readonly url: string
+  readonly connections: number
+  readonly duration: number
+  readonly pipelining: number
+}) => Promise<AutocannonResult>
+
+const KIB = 1024
+const MIB = 1024 * 1024
+const self = fileURLToPath(import.meta.url)
+const root = Path.join(Path.dirname(self), "..")
+
+// ---------------------------------------------------------------------------------------------
+// Roles run as child processes
+// ---------------------------------------------------------------------------------------------
+
+const listen = (server: Http.Server) =>
+  server.listen(0, "127.0.0.1", () => {
+    // the parent reads this line
+    console.log(JSON.stringify({ port: (server.address() as AddressInfo).port }))
+  })
+
+/** Origin: cacheable bodies of fixed sizes, and a count of requests per path at /__count. */
+const runOrigin = () => {
+  const bodies: Record<string, Buffer> = {
+    "/1k": Buffer.alloc(KIB, "a"),
+    "/1m": Buffer.alloc(MIB, "b"),
+    "/50m": Buffer.alloc(50 * MIB, "c")
+  }
+  const counts: Record<string, number> = {}
+  const server = Http.createServer((req, res) => {
+    const path = (req.url ?? "/").split("?")[0]!
+    if (path === "/__count") {
+      res.writeHead(200, { "content-type": "application/json", "cache-control": "no-store" })
+      res.end(JSON.stringify(counts))
+      return
+    }
+    // counted per full URL: each proxy asks with its own query, so counts are per proxy
+    counts[req.url ?? "/"] = (counts[req.url ?? "/"] ?? 0) + 1
+    const body = bodies[path]
+    if (body === undefined) {
+      res.writeHead(404, { "cache-control": "no-store" })
+      res.end()
+      return
+    }
+    res.writeHead(200, {
+      "content-type": "application/octet-stream",
+      "content-length": body.byteLength,
+      "cache-control": "public, max-age=3600"
+    })
+    res.end(body)
+  })
+  server.keepAliveTimeout = 60_000
+  listen(server)
+}
+
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+  "host"
+])
+
+/** A plain Node reverse proxy over undici, with or without undici's cache interceptor. */
+const runNodeProxy = (upstream: string, cache: boolean) => {
+  const agent = new Agent({ connections: 128, keepAliveTimeout: 60_000 })
+  const dispatcher = cache
+    ? agent.compose(interceptors.cache({
+      type: "shared",
+      store: new cacheStores.MemoryCacheStore({ maxSize: 512 * MIB, maxEntrySize: 64 * MIB, maxCount: 1024 })
+    }))
+    : agent
+  const server = Http.createServer((req, res) => {
+    const headers: Record<string, string | Array<string>> = {}
+    for (const [name, value] of Object.entries(req.headers)) {
+      if (value !== undefined && !HOP_BY_HOP.has(name)) headers[name] = value
+    }
+    const method = req.method ?? "GET"
+    dispatcher.request({
+      origin: upstream,
+      path: req.url ?? "/",
+      method: method as "GET",
+      headers,
+      body: method === "GET" || method === "HEAD" ? null : req
+    }).then((upstreamRes) => {
+      const out: Record<string, string | Array<string>> = {}
+      for (const [name, value] of Object.entries(upstreamRes.headers)) {
+        if (value !== undefined && !HOP_BY_HOP.has(name)) out[name] = value
+      }
+      res.writeHead(upstreamRes.statusCode, out)
+      pipeline(upstreamRes.body, res, () => {})
+    }, () => {
+      res.writeHead(502)
+      res.end()
+    })
+  })
+  server.keepAliveTimeout = 60_000
+  listen(server)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The parent: start everything, measure, write the table
+// ---------------------------------------------------------------------------------------------
+
+interface Started {
+  readonly id: number
+  readonly name: string
+  readonly child: ChildProcess
+  readonly url: string
+}
+
+let nextId = 0
+const start = (name: string, args: ReadonlyArray<string>, parseUrl: (output: string) => string | undefined) =>
+  new Promise<Started>((resolve, reject) => {
+    const child = spawn(process.execPath, ["--import", "tsx", ...args], {
+      cwd: root,
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    let output = ""
+    const timer = setTimeout(() => reject(new Error(`${name} did not start:\n${output}`)), 90_000)
+    const onData = (data: Buffer) => {
+      output += data.toString("utf8")
+      const url = parseUrl(output)
+      if (url !== undefined) {
+        clearTimeout(timer)
+        resolve({ id: nextId++, name, child, url })
+      }
+    }
+    child.stdout!.on("data", onData)
+    child.stderr!.on("data", (data: Buffer) => (output += data.toString("utf8")))
+    child.on("exit", (code) => reject(new Error(`${name} exited with ${code}:\n${output}`)))
+  })
+
+const portLine = (output: string) => {
+  const match = /\{"port":(\d+)\}/.exec(output)
+  return match === null ? undefined : `http://127.0.0.1:${match[1]}`
+}
+const cachekitLine = (output: string) => /listening on (http:\/\/\S+)/.exec(output)?.[1]
+
+const rssMiB = (pid: number): number => {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8")
+  const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? "0")
+  return kb / 1024
+}
+
+const originCounts = async (origin: string): Promise<Record<string, number>> => {
+  const res = await request(`${origin}/__count`)
+  return (await res.body.json()) as Record<string, number>
+}
+
+interface Cell {
+  readonly reqPerSec: number
+  readonly p50: number
+  readonly p99: number
+  readonly originRequests: number
+  readonly errors: number
+}
+
+const measure = async (url: string, connections: number, seconds: number): Promise<AutocannonResult> =>
+  autocannon({ url, connections, duration: seconds, pipelining: 1 })
+
+/** Fills the cache (a miss), then warms the JIT and the connections for one second. */
+/** The URL a proxy is measured on: its own query, so the origin counts each proxy apart. */
+const target = (proxy: Started, path: string) =>
+  `${path}?via=${encodeURIComponent(proxy.name.split(" ")[0]!)}${proxy.id}`
+
+const warm = async (proxy: Started, path: string, connections: number) => {
+  await (await request(`${proxy.url}${target(proxy, path)}`)).body.dump()
+  await measure(`${proxy.url}${target(proxy, path)}`, connections, 1)
+}
+
+/** One measured run; `originRequests` counts what reached the origin meanwhile (0 = all hits). */
+const runOnce = async (
+  origin: string,
+  proxy: Started,
+  path: string,
+  connections: number,
+  seconds: number
+): Promise<Cell> => {
+  const url = target(proxy, path)
+  const before = (await originCounts(origin))[url] ?? 0
+  const result = await measure(`${proxy.url}${url}`, connections, seconds)
+  const after = (await originCounts(origin))[url] ?? 0
+  return {
+    reqPerSec: result.requests.average,
+    p50: result.latency.p50,
+    p99: result.latency.p99,
+    originRequests: after - before,
+    errors: result.errors + result.non2xx
+  }
+}
+
+/** Serves 200 hits of the 50 MiB body (4 at a time); RSS before and the peak while serving. */
+const rssUnderLargeHits = async (proxy: Started): Promise<{ readonly base: number; readonly peak: number }> => {
+  const url = `${proxy.url}/50m`
+  const drain = async () => {
+    const res = await request(url)
+    let bytes = 0
+    for await (const chunk of res.body) bytes += (chunk as Buffer).byteLength
+    if (bytes !== 50 * MIB) throw new Error(`${proxy.name}: got ${bytes} bytes`)
+  }
+  await drain() // the miss that stores it
+  await drain()
+  await new Promise((r) => setTimeout(r, 1000))
+  const pid = proxy.child.pid!
+  const base = rssMiB(pid)
+  let peak = base
+  const sampler = setInterval(() => (peak = Math.max(peak, rssMiB(pid))), 10)
+  let next = 0
+  const worker = async () => {
+    while (next < 200) {
+      next++
+      await drain()
+    }
+  }
+  await Promise.all([worker(), worker(), worker(), worker()])
+  clearInterval(sampler)
+  peak = Math.max(peak, rssMiB(pid))
+  return { base, peak }
+}
+
+const fmt = (n: number, digits = 0) =>
+  n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits })
+
+const writeSection = (markdown: string) => {
+  const file = Path.join(root, "bench/README.md")
+  let text: string
+  try {
+    text = readFileSync(file, "utf8")
+  } catch {
+    text = "# Benchmarks\n"
+  }
+  const start = text.indexOf("\n## Proxy\n")
+  if (start === -1) {
+    text = text.trimEnd() + "\n\n" + markdown
+  } else {
+    const next = text.indexOf("\n## ", start + 1)
+    text = text.slice(0, start + 1) + markdown + (next === -1 ? "" : "\n" + text.slice(next + 1))
+  }
+  writeFileSync(file, text.trimEnd() + "\n")
+}
+
+const main = async () => {
+  const seconds = Number(process.env["BENCH_SECONDS"] ?? "2")
+  const origin = await start("origin", [self, "--role", "origin"], portLine)
+  const cachekitArgs = [
+    "packages/http/src/bin/cachekit.ts",
+    "proxy",
+    "--port",
+    "0",
+    "--upstream",
+    origin.url,
+    "--memory-max-bytes",
+    "512MiB",
+    "--max-body-size",
+    "64MiB"
+  ]
+  const proxies = await Promise.all([
+    start("cachekit", cachekitArgs, cachekitLine),
+    start("undici cache interceptor", [self, "--role", "node-proxy", "--upstream", origin.url, "--cache"], portLine),
+    start("node proxy, no cache", [self, "--role", "node-proxy", "--upstream", origin.url], portLine),
+    start("cachekit --backend none", [...cachekitArgs, "--backend", "none"], cachekitLine)
+  ])
+  const children = [origin, ...proxies]
+  const stop = () => children.forEach((c) => c.child.exitCode === null && c.child.kill("SIGKILL"))
+  process.on("exit", stop)
+
+  // The machine is shared: load changes from one second to the next. Each cell runs the proxies
+  // round-robin, `rounds` times, and keeps each proxy's best round, so all of them get a fair slot.
+  const rounds = Number(process.env["BENCH_ROUNDS"] ?? "3")
+  const cells: Array<{ body: string; connections: number; results: Array<Cell> }> = []
+  for (const [path, body] of [["/1k", "1 KiB"], ["/1m", "1 MiB"]] as const) {
+    for (const connections of [1, 64]) {
+      for (const proxy of proxies) await warm(proxy, path, connections)
+      const best: Array<Cell | undefined> = proxies.map(() => undefined)
+      for (let round = 0; round < rounds; round++) {
+        for (const [i, proxy] of proxies.entries()) {
+          const cell = await runOnce(origin.url, proxy, path, connections, seconds)
+          if (best[i] === undefined || cell.reqPerSec > best[i]!.reqPerSec) best[i] = cell
+        }
+      }
+      const results = best as Array<Cell>
+      for (const [i, proxy] of proxies.entries()) {
+        const cell = results[i]!
+        console.log(
+          `${body.padEnd(6)} c=${String(connections).padEnd(3)} ${proxy.name.padEnd(26)} ${
+            fmt(cell.reqPerSec).padStart(8)
+          } req/s  p50 ${cell.p50} ms  p99 ${cell.p99} ms  origin hits ${cell.originRequests}  errors ${cell.errors}`
+        )
+      }
+      cells.push({ body, connections, results })
+    }
+  }
+
+  const rss: Array<{ name: string; base: number; peak: number }> = []
+  for (const proxy of proxies.slice(0, 2)) {
+    const { base, peak } = await rssUnderLargeHits(proxy)
+    rss.push({ name: proxy.name, base, peak })
+    console.log(`${proxy.name}: RSS ${fmt(base)} MiB before, peak ${fmt(peak)} MiB during 200 hits of 50 MiB`)
+  }
+  stop()
+
+  const names = proxies.map((p) => p.name)
+  const table = [
+    `| body | conns | ${names.map((n) => `${n} req/s (p50 / p99 ms)`).join(" | ")} | cachekit / undici cache |`,
+    `|---|---:|${names.map(() => "---:").join("|")}|---:|`,
+    ...cells.map(({ body, connections, results }) =>
+      `| ${body} | ${connections} | ${results.map((r) => `${fmt(r.reqPerSec)} (${r.p50} / ${r.p99})`).join(" | ")} | ${
+        fmt(results[0]!.reqPerSec / results[1]!.reqPerSec, 2)
+      }x |`
+    )
+  ]
+  const originRow = cells.map(({ body, connections, results }) =>
+    `${body}/c${connections}: ${results.map((r, i) => `${names[i]} ${r.originRequests}`).join(", ")}`
+  )
+  const rssTable = [
+    "| proxy | RSS before (MiB) | peak RSS during 200 hits of 50 MiB (MiB) | growth (MiB) |",
+    "|---|---:|---:|---:|",
+    ...rss.map((r) => `| ${r.name} | ${fmt(r.base)} | ${fmt(r.peak)} | ${fmt(r.peak - r.base)} |`)
+  ]
+  const date = new Date().toISOString().slice(0, 10)
+  writeSection([
+    "## Proxy",
+    "",
+    `Measured by \`npm run bench -- proxy\` (${date}, Node ${process.version}, 2 cores shared with other work: absolute numbers move a lot between runs, compare within a row). The origin and each proxy are child processes on loopback; autocannon (in the bench process, on the same 2 cores) keeps 1 or 64 connections busy; each cell runs the four proxies round-robin ${rounds} times for ${seconds} s after a warm-up and keeps each proxy's best round (load from other work changes by the second). For the caching proxies every measured request is a hit on one URL. Proxies: \`cachekit proxy\` (memory backend, shared cache), a plain Node \`http\` proxy forwarding through undici 7 with \`interceptors.cache()\` (MemoryCacheStore, shared), the same plain proxy without the cache, and \`cachekit proxy --backend none\` (forwarding only).`,
+    "",
+    ...table,
+    "",
+    `Requests that reached the origin during the measured runs (0 = every request was a hit): ${originRow.join("; ")}.`,
+    "",
+    "Peak RSS of the proxy process (sampled every 10 ms from /proc) while it serves 200 hits of a 50 MiB body, 4 at a time; \"before\" is after the miss that stored it.",
+    "",
+    ...rssTable,
+    ""
+  ].join("\n"))
+  console.log("\nwritten to bench/README.md (## Proxy)")
+}
+
+const argv = process.argv.slice(2)
+const role = argv[argv.indexOf("--role") + 1]
+if (argv.includes("--role") && role === "origin") {
+  runOrigin()
+} else if (argv.includes("--role") && role === "node-proxy") {
+  runNodeProxy(argv[argv.indexOf("--upstream") + 1]!, argv.includes("--cache"))
+} else {
+  main().then(() => process.exit(0), (error) => {
+    console.error(error)
+    process.exit(1)
+  })
+}
