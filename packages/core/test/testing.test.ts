@@ -150,3 +150,32 @@ describe("TestCache", () => {
       ).toEqual(["get miss", "set"])
     }))
 })
+
+// The two examples of docs/testing.md, verbatim, so the guide cannot drift from the API.
+describe("docs/testing.md", () => {
+  it.effect("the second call is a cache hit, and after 5 minutes the entry is stale", () =>
+    Effect.gen(function*() {
+      const cache = yield* Cache.Cache
+      let computes = 0
+      const load = cache.getOrCompute("k", Effect.sync(() => new Uint8Array([++computes])), { ttl: "5 minutes" })
+      yield* load
+      yield* load
+      expect(computes).toBe(1)
+      expect(yield* TestCache.outcomes("k")).toEqual(["miss", "hit"])
+
+      yield* TestClock.adjust("5 minutes")
+      expect(yield* TestCache.state("k")).toBe("stale") // kept for the 1 minute grace
+      expect(Option.getOrThrow(yield* TestCache.entry("k")).ageMillis).toBe(5 * 60_000)
+      yield* TestClock.adjust("1 minute")
+      expect(yield* TestCache.state("k")).toBe("absent")
+    }).pipe(Effect.provide(TestCache.layer({ grace: "1 minute" }))))
+
+  it.effect("serves the seeded user without computing", () =>
+    Effect.gen(function*() {
+      yield* TestCache.seedTyped(User, { "user:1": new User({ id: 1, joined: new Date(0) }) }, { ttl: "1 hour" })
+      const users = (yield* Cache.Cache).typed(User)
+      const user = yield* users.getOrCompute("user:1", Effect.die("must not compute"))
+      expect(user.id).toBe(1)
+      expect((yield* TestCache.stats).cache.computes).toBe(0)
+    }).pipe(Effect.provide(TestCache.layer())))
+})

@@ -7,7 +7,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Data, Effect, Schedule } from "effect"
 import { spawn } from "node:child_process"
-import { readdirSync } from "node:fs"
+import { readdirSync, readFileSync } from "node:fs"
 import * as net from "node:net"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
@@ -79,6 +79,27 @@ describe.concurrent("examples", () => {
     ]
     const files = readdirSync(examplesDir).filter((f) => f.endsWith(".ts")).sort()
     expect(files).toEqual(covered)
+  })
+
+  it("every docs/ excerpt marked `// examples/<name>.ts` is still in that example, line for line", () => {
+    const docsDir = path.join(root, "docs")
+    const stale: Array<string> = []
+    let excerpts = 0
+    for (const doc of readdirSync(docsDir).filter((f) => f.endsWith(".md"))) {
+      const text = readFileSync(path.join(docsDir, doc), "utf8")
+      for (const block of text.matchAll(/```ts\n\/\/ (examples\/[\w-]+\.ts)\n([\s\S]*?)```/g)) {
+        excerpts++
+        const source = new Set(readFileSync(path.join(root, block[1]!), "utf8").split("\n").map((l) => l.trim()))
+        for (const line of block[2]!.split("\n")) {
+          const trimmed = line.trim()
+          if (trimmed !== "" && trimmed !== "// ..." && !source.has(trimmed)) {
+            stale.push(`${doc} (${block[1]}): ${trimmed}`)
+          }
+        }
+      }
+    }
+    expect(excerpts).toBeGreaterThan(10)
+    expect(stale).toEqual([])
   })
 
   it.live(
