@@ -2,13 +2,17 @@
  * The proxy as a shared cache, end to end: a real undici client -> `Proxy.layerCaching` (memory
  * backend) -> a real NodeHttpServer origin whose handlers set the headers under test.
  */
+import { DiskBackend } from "@cachekit/backends"
 import { MemoryBackend } from "@cachekit/core"
 import { Proxy } from "@cachekit/http"
 import { HttpServerResponse } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer } from "effect"
+import { Context, Effect, Layer } from "effect"
 import { createHash } from "node:crypto"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as Path from "node:path"
 import { request } from "undici"
 import type { Routes, Seen } from "./fixtures/proxyOrigin.js"
 import { agent, bigBodySha256, fetchVia, layerOrigin, OriginTag } from "./fixtures/proxyOrigin.js"
@@ -277,4 +281,35 @@ describe("Proxy caching large bodies", () => {
     }).pipe(Effect.provide(
       proxyOver({ cache: { maxBodySize: 64 * MIB } }, 128 * MIB)
     )))
+})
+
+describe("Proxy on the disk backend", () => {
+  it.scopedLive("stores a 4 MiB body on disk (streamed write) and serves the hit from disk, intact", () =>
+    Effect.gen(function*() {
+      const directory = yield* Effect.acquireRelease(
+        Effect.sync(() => mkdtempSync(Path.join(tmpdir(), "cachekit-proxy-disk-"))),
+        (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
+      )
+      const context = yield* Layer.build(
+        Layer.unwrapEffect(Effect.map(OriginTag, (origin) =>
+          Proxy.layerCaching({ upstream: origin.url, port: 0 }).pipe(
+            Layer.provide(DiskBackend.layer({ directory, fsync: false })),
+            Layer.provide(NodeHttpClient.layerUndici)
+          )))
+      )
+      const proxy = Context.get(context, Proxy.ProxyTag)
+      const origin = yield* OriginTag
+      const read = Effect.promise(async () => {
+        const res = await request(`${proxy.url}/big?mib=4&cacheable=1`)
+        const hash = createHash("sha256")
+        for await (const chunk of res.body) hash.update(chunk as Buffer)
+        return { cacheStatus: String(res.headers["cache-status"]), sha: hash.digest("hex") }
+      })
+      const miss = yield* read
+      const hit = yield* read
+      expect(miss.cacheStatus).toContain("stored")
+      expect(hit.cacheStatus).toContain("hit")
+      expect(hit.sha).toBe(bigBodySha256(4))
+      expect(yield* origin.count("/big")).toBe(1)
+    }).pipe(Effect.provide(layerOrigin(routes))))
 })
