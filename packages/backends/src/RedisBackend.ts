@@ -98,7 +98,9 @@ export const config: Config.Config<Options> = Config.all({
 export const parseClusterNodes = (list: string): ReadonlyArray<ClusterNode> =>
   list.split(",").map((s) => s.trim()).filter((s) => s.length > 0).map((s) => {
     const colon = s.lastIndexOf(":")
-    return colon < 0 ? { host: s, port: 6379 } : { host: s.slice(0, colon), port: Number(s.slice(colon + 1)) }
+    const bracketed = s.startsWith("[") && !s.endsWith("]")
+    if (colon < 0 || (s.startsWith("[") && !bracketed)) return { host: s.replace(/^\[(.*)\]$/, "$1"), port: 6379 }
+    return { host: s.slice(0, colon).replace(/^\[(.*)\]$/, "$1"), port: Number(s.slice(colon + 1)) }
   })
 
 // ---------------------------------------------------------------------------------------------
