@@ -71,6 +71,7 @@ describe.concurrent("examples", () => {
   it("every example file is covered by a test here", () => {
     const covered = [
       "admin.ts",
+      "backends.ts",
       "cache-basics.ts",
       "http-client.ts",
       "http-server.ts",
@@ -113,6 +114,22 @@ describe.concurrent("examples", () => {
         expect(run.stdout).toMatch(/after the ttl: served "user 2 \(v2\)" without waiting/)
         expect(run.stdout).toContain(`a moment later: "user 2 (v3)"`)
         expect(run.stdout).toContain(`removed 1; user:1 is now gone`)
+      }),
+    160_000
+  )
+
+  it.live(
+    "backends: the same typed program runs unchanged on memory, disk, Redis and Memcached",
+    () =>
+      Effect.gen(function*() {
+        const run = yield* runExample("backends.ts")
+        expectClean(run)
+        const same = "computes=1, bigint kept=true, date kept=true, tag invalidation removed="
+        expect(run.stdout).toContain(`memory     ${same}1`)
+        expect(run.stdout).toContain(`disk       ${same}n/a (no tag index)`)
+        if (yield* redisUp) expect(run.stdout).toContain(`redis      ${same}1`)
+        expect(run.stdout).toMatch(/memcached {2}(computes=1, bigint kept=true, date kept=true|skipped)/)
+        expect(run.stdout).not.toContain("failed")
       }),
     160_000
   )
