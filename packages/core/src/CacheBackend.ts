@@ -109,7 +109,10 @@ export class CacheBackendTag extends Context.Tag("@cachekit/core/CacheBackend")<
 /** Default longest key, in UTF-16 code units (Memcached's limit is 250 bytes; it hashes longer keys). */
 export const DEFAULT_MAX_KEY_LENGTH = 4096
 
-/** Rejects empty and over-long keys with `InvalidKey`. */
+/** An unpaired UTF-16 surrogate: Redis, Memcached and file names see it as U+FFFD, so keys would collide. */
+const LONE_SURROGATE = /\p{Cs}/u
+
+/** Rejects empty, over-long and not well-formed (unpaired surrogate) keys with `InvalidKey`. */
 export const validateKey = (
   key: string,
   maxKeyLength: number = DEFAULT_MAX_KEY_LENGTH
@@ -123,6 +126,15 @@ export const validateKey = (
         key: key.slice(0, 64),
         reason: "too long",
         message: `cache key of ${key.length} characters is longer than the limit of ${maxKeyLength}`
+      })
+    )
+  }
+  if (LONE_SURROGATE.test(key)) {
+    return Effect.fail(
+      new InvalidKey({
+        key: key.slice(0, 64),
+        reason: "not well-formed",
+        message: "cache keys must be well-formed Unicode (an unpaired surrogate would collide with U+FFFD)"
       })
     )
   }
