@@ -74,7 +74,7 @@ const waitUntil = async (what: string, check: () => Promise<boolean>, timeoutMil
   throw new Error(`${what} within ${timeoutMillis} ms`)
 }
 
-/** Starts and joins the cluster (about 1.5 s on a 2-core machine). */
+/** Starts and joins the cluster (about 2.5 s on a 2-core machine, most of it in `redis-cli --cluster create`). */
 export const startRedisCluster = async (): Promise<RedisClusterProcess> => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), "cachekit-cluster-"))
   const taken = new Set<number>()

@@ -47,7 +47,7 @@ const OPTIONS_WITH_VALUE = new Set([
 ])
 
 /**
- * The cluster costs about 1.5 s to start, so it starts only when a cluster test file can run: a full
+ * The cluster costs about 2.5 s to start, so it starts only when a cluster test file can run: a full
  * run, or file filters of which one matches a `*Cluster*` test (CACHEKIT_REDIS_CLUSTER=1/0 forces it).
  */
 const wantsCluster = (): boolean => {
