@@ -9,6 +9,7 @@ import { DiskBackend, MemcachedBackend, RedisBackend } from "@cachekit/backends"
 import type { CacheBackend } from "@cachekit/core"
 import { CacheEntry, MemoryBackend } from "@cachekit/core"
 import { describe, expect, inject, it } from "@effect/vitest"
+import type { Scope } from "effect"
 import { Cause, Effect, Exit, FastCheck as fc, Option } from "effect"
 import { Redis } from "ioredis"
 import * as fs from "node:fs/promises"
@@ -19,7 +20,7 @@ const RUNS = Number(process.env["CACHEKIT_SOAK_FUZZ_RUNS"] ?? "60")
 const redisPort = inject("redisPort")
 const memcachedPorts = inject("memcachedPorts")
 
-type Make = Effect.Effect<CacheBackend.CacheBackend, unknown, import("effect").Scope.Scope>
+type Make = Effect.Effect<CacheBackend.CacheBackend, unknown, Scope.Scope>
 
 const backends: Array<{ name: string; make: Make; skip: boolean }> = [
   { name: "memory", make: MemoryBackend.make({ maxBytes: 64 * 1024 * 1024 }), skip: false },
@@ -90,54 +91,58 @@ const attempt = async <A>(effect: Effect.Effect<A, { readonly _tag: string }>, w
 
 for (const b of backends) {
   describe.skipIf(b.skip)(`${b.name} backend under bad input`, () => {
-    it.scopedLive(`${RUNS} pairs of arbitrary keys: typed refusal or exact round trip, never a shared entry`, () =>
-      Effect.gen(function*() {
-        const backend = yield* b.make
-        let refused = 0
-        let stored = 0
-        yield* Effect.promise(() =>
-          fc.assert(
-            fc.asyncProperty(key, key, async (k1, k2) => {
-              fc.pre(k1 !== k2)
-              const s1 = await attempt(backend.set(k1, entryOf(`one:${k1.length}`)), `set ${JSON.stringify(k1)}`)
-              const s2 = await attempt(backend.set(k2, entryOf(`two:${k2.length}`)), `set ${JSON.stringify(k2)}`)
-              for (const [k, s, text] of [[k1, s1, `one:${k1.length}`], [k2, s2, `two:${k2.length}`]] as const) {
-                const got = await attempt(backend.get(k), `get ${JSON.stringify(k)}`)
-                if (!s.ok) {
-                  refused++
-                  // refused on set: refused on get too (or a miss), never someone else's entry
-                  if (got.ok && Option.isSome(got.value)) {
-                    throw new Error(`${JSON.stringify(k)} refused on set but found on get`)
+    it.scopedLive(
+      `${RUNS} pairs of arbitrary keys: typed refusal or exact round trip, never a shared entry`,
+      () =>
+        Effect.gen(function*() {
+          const backend = yield* b.make
+          let refused = 0
+          let stored = 0
+          yield* Effect.promise(() =>
+            fc.assert(
+              fc.asyncProperty(key, key, async (k1, k2) => {
+                fc.pre(k1 !== k2)
+                const s1 = await attempt(backend.set(k1, entryOf(`one:${k1.length}`)), `set ${JSON.stringify(k1)}`)
+                const s2 = await attempt(backend.set(k2, entryOf(`two:${k2.length}`)), `set ${JSON.stringify(k2)}`)
+                for (const [k, s, text] of [[k1, s1, `one:${k1.length}`], [k2, s2, `two:${k2.length}`]] as const) {
+                  const got = await attempt(backend.get(k), `get ${JSON.stringify(k)}`)
+                  if (!s.ok) {
+                    refused++
+                    // refused on set: refused on get too (or a miss), never someone else's entry
+                    if (got.ok && Option.isSome(got.value)) {
+                      throw new Error(`${JSON.stringify(k)} refused on set but found on get`)
+                    }
+                    continue
                   }
-                  continue
+                  stored++
+                  if (!got.ok || Option.isNone(got.value)) throw new Error(`${JSON.stringify(k)} stored but not found`)
+                  const read = new TextDecoder().decode(got.value.value.value)
+                  if (read !== text) {
+                    throw new Error(`${JSON.stringify(k)} read "${read}", expected "${text}" (keys collide)`)
+                  }
                 }
-                stored++
-                if (!got.ok || Option.isNone(got.value)) throw new Error(`${JSON.stringify(k)} stored but not found`)
-                const read = new TextDecoder().decode(got.value.value.value)
-                if (read !== text) {
-                  throw new Error(`${JSON.stringify(k)} read "${read}", expected "${text}" (keys collide)`)
-                }
-              }
-              await attempt(backend.delete(k1), "delete k1")
-              await attempt(backend.delete(k2), "delete k2")
-            }),
-            { numRuns: RUNS, seed: 91111 }
+                await attempt(backend.delete(k1), "delete k1")
+                await attempt(backend.delete(k2), "delete k2")
+              }),
+              { numRuns: RUNS, seed: 91111 }
+            )
           )
-        )
-        // unpaired surrogates encode to U+FFFD in UTF-8: those keys must stay apart from U+FFFD itself
-        for (const [k1, k2] of [["\ud800", "\ufffd"], ["a\udc00b", "a\ufffdb"], ["x\ud83dy", "x\ufffdy"]] as const) {
-          yield* Effect.promise(async () => {
-            const s1 = await attempt(backend.set(k1, entryOf("lone")), "set lone surrogate")
-            await attempt(backend.set(k2, entryOf("replacement")), "set U+FFFD")
-            const got = await attempt(backend.get(k1), "get lone surrogate")
-            if (s1.ok && got.ok && Option.isSome(got.value)) {
-              expect(new TextDecoder().decode(got.value.value.value), `${b.name} ${JSON.stringify(k1)}`).toBe("lone")
-            }
-          })
-        }
-        console.log(`reliability/keys ${b.name} ${JSON.stringify({ pairs: RUNS, stored, refused })}`)
-        expect(stored).toBeGreaterThan(RUNS / 2)
-      }), 120_000)
+          // unpaired surrogates encode to U+FFFD in UTF-8: those keys must stay apart from U+FFFD itself
+          for (const [k1, k2] of [["\ud800", "\ufffd"], ["a\udc00b", "a\ufffdb"], ["x\ud83dy", "x\ufffdy"]] as const) {
+            yield* Effect.promise(async () => {
+              const s1 = await attempt(backend.set(k1, entryOf("lone")), "set lone surrogate")
+              await attempt(backend.set(k2, entryOf("replacement")), "set U+FFFD")
+              const got = await attempt(backend.get(k1), "get lone surrogate")
+              if (s1.ok && got.ok && Option.isSome(got.value)) {
+                expect(new TextDecoder().decode(got.value.value.value), `${b.name} ${JSON.stringify(k1)}`).toBe("lone")
+              }
+            })
+          }
+          console.log(`reliability/keys ${b.name} ${JSON.stringify({ pairs: RUNS, stored, refused })}`)
+          expect(stored).toBeGreaterThan(RUNS / 2)
+        }),
+      120_000
+    )
   })
 }
 
@@ -178,7 +183,14 @@ const corrupt = (good: Uint8Array, c: Corruption): Uint8Array => {
       return out
     }
     case "size": {
-      const text = JSON.stringify({ v: 1, createdAt: 0, expiresAt: null, staleUntil: null, tags: [], size: 5 + c.delta })
+      const text = JSON.stringify({
+        v: 1,
+        createdAt: 0,
+        expiresAt: null,
+        staleUntil: null,
+        tags: [],
+        size: 5 + c.delta
+      })
       const header = new TextEncoder().encode(text)
       const out = new Uint8Array(7 + header.byteLength + 5)
       out.set([0x43, 0x4b, 1], 0)
@@ -205,112 +217,126 @@ describe("corrupted entries read as a miss", () => {
       )
     }))
 
-  it.scopedLive.skipIf(redisPort === undefined)(`${RUNS} corrupted Redis values are misses (and removed)`, () =>
-    Effect.gen(function*() {
-      const prefix = `rel-corrupt:${process.pid}:`
-      const backend = yield* RedisBackend.make({ port: redisPort!, prefix })
-      const raw = new Redis(redisPort!, "127.0.0.1")
-      yield* Effect.addFinalizer(() => Effect.sync(() => raw.disconnect()))
-      const good = CacheEntry.encode(entryOf("hello"))
-      let n = 0
-      yield* Effect.promise(() =>
-        fc.assert(
-          fc.asyncProperty(corruption, async (c) => {
-            const k = `c${n++}`
-            const bytes = corrupt(good, c)
-            await raw.set(`${prefix}e{${k}}`, Buffer.from(bytes))
-            const got = await attempt(backend.get(k), `get after ${c.kind}`)
-            if (!got.ok) throw new Error("refused a plain key")
-            const decodes = CacheEntry.decodeEither(k, bytes)._tag === "Right"
-            if (!decodes && Option.isSome(got.value)) throw new Error(`served a corrupt ${c.kind} value`)
-            if (!decodes && (await raw.exists(`${prefix}e{${k}}`)) !== 0) throw new Error("left the corrupt value")
-          }),
-          { numRuns: RUNS, seed: 6060 }
+  it.scopedLive.skipIf(redisPort === undefined)(
+    `${RUNS} corrupted Redis values are misses (and removed)`,
+    () =>
+      Effect.gen(function*() {
+        const prefix = `rel-corrupt:${process.pid}:`
+        const backend = yield* RedisBackend.make({ port: redisPort!, prefix })
+        const raw = new Redis(redisPort!, "127.0.0.1")
+        yield* Effect.addFinalizer(() => Effect.sync(() => raw.disconnect()))
+        const good = CacheEntry.encode(entryOf("hello"))
+        let n = 0
+        yield* Effect.promise(() =>
+          fc.assert(
+            fc.asyncProperty(corruption, async (c) => {
+              const k = `c${n++}`
+              const bytes = corrupt(good, c)
+              await raw.set(`${prefix}e{${k}}`, Buffer.from(bytes))
+              const got = await attempt(backend.get(k), `get after ${c.kind}`)
+              if (!got.ok) throw new Error("refused a plain key")
+              const decodes = CacheEntry.decodeEither(k, bytes)._tag === "Right"
+              if (!decodes && Option.isSome(got.value)) throw new Error(`served a corrupt ${c.kind} value`)
+              if (!decodes && (await raw.exists(`${prefix}e{${k}}`)) !== 0) throw new Error("left the corrupt value")
+            }),
+            { numRuns: RUNS, seed: 6060 }
+          )
         )
-      )
-    }), 60_000)
+      }),
+    60_000
+  )
 
-  it.scopedLive.skipIf((memcachedPorts ?? []).length === 0)(`${RUNS} corrupted Memcached values are misses`, () =>
-    Effect.gen(function*() {
-      const prefix = `relc${process.pid}:`
-      const server = `127.0.0.1:${memcachedPorts![0]}`
-      const backend = yield* MemcachedBackend.make({ servers: [server], prefix })
-      // write the raw value through a second backend's wire: set a good entry, then overwrite the bytes
-      const memjs = yield* Effect.promise(() => import("memjs"))
-      const raw = memjs.default.Client.create(server)
-      yield* Effect.addFinalizer(() => Effect.sync(() => raw.close()))
-      const good = CacheEntry.encode(entryOf("hello"))
-      let n = 0
-      let rawKeyOk = false
-      yield* Effect.promise(() =>
-        fc.assert(
-          fc.asyncProperty(corruption, async (c) => {
-            const k = `c${n++}`
-            await Effect.runPromise(backend.set(k, entryOf("hello")))
-            // find the raw key the backend used: the prefix plus the key, as documented
-            const before = await raw.get(`${prefix}${k}`)
-            if (before.value === null) return // the backend maps keys differently: covered by decode test
-            rawKeyOk = true
-            await raw.set(`${prefix}${k}`, Buffer.from(corrupt(good, c)), { expires: 600 })
-            const got = await attempt(backend.get(k), `get after ${c.kind}`)
-            if (!got.ok) throw new Error("refused a plain key")
-            const decodes = CacheEntry.decodeEither(k, corrupt(good, c))._tag === "Right"
-            if (!decodes && Option.isSome(got.value)) throw new Error(`served a corrupt ${c.kind} value`)
-          }),
-          { numRuns: RUNS, seed: 7070 }
+  it.scopedLive.skipIf((memcachedPorts ?? []).length === 0)(
+    `${RUNS} corrupted Memcached values are misses`,
+    () =>
+      Effect.gen(function*() {
+        const prefix = `relc${process.pid}:`
+        const server = `127.0.0.1:${memcachedPorts![0]}`
+        const backend = yield* MemcachedBackend.make({ servers: [server], prefix })
+        // write the raw value through a second backend's wire: set a good entry, then overwrite the bytes
+        const memjs = yield* Effect.promise(() => import("memjs"))
+        const raw = memjs.default.Client.create(server)
+        yield* Effect.addFinalizer(() => Effect.sync(() => raw.close()))
+        const good = CacheEntry.encode(entryOf("hello"))
+        let n = 0
+        let rawKeyOk = false
+        yield* Effect.promise(() =>
+          fc.assert(
+            fc.asyncProperty(corruption, async (c) => {
+              const k = `c${n++}`
+              await Effect.runPromise(backend.set(k, entryOf("hello")))
+              // find the raw key the backend used: the prefix plus the key, as documented
+              const before = await raw.get(`${prefix}${k}`)
+              if (before.value === null) return // the backend maps keys differently: covered by decode test
+              rawKeyOk = true
+              await raw.set(`${prefix}${k}`, Buffer.from(corrupt(good, c)), { expires: 600 })
+              const got = await attempt(backend.get(k), `get after ${c.kind}`)
+              if (!got.ok) throw new Error("refused a plain key")
+              const decodes = CacheEntry.decodeEither(k, corrupt(good, c))._tag === "Right"
+              if (!decodes && Option.isSome(got.value)) throw new Error(`served a corrupt ${c.kind} value`)
+            }),
+            { numRuns: RUNS, seed: 7070 }
+          )
         )
-      )
-      console.log(`reliability/memcached-corrupt rawKeyFound=${rawKeyOk}`)
-    }), 60_000)
+        console.log(`reliability/memcached-corrupt rawKeyFound=${rawKeyOk}`)
+      }),
+    60_000
+  )
 
-  it.scopedLive("disk: a torn, altered or missing body and a garbled index record are misses", () =>
-    Effect.gen(function*() {
-      const directory = yield* tempDir
-      const write = Effect.gen(function*() {
+  it.scopedLive(
+    "disk: a torn, altered or missing body and a garbled index record are misses",
+    () =>
+      Effect.gen(function*() {
+        const directory = yield* tempDir
+        const write = Effect.gen(function*() {
+          const backend = yield* DiskBackend.make({ directory, fsync: false })
+          for (
+            const [k, text] of [["torn", "a".repeat(5000)], ["flipped", "b".repeat(5000)], ["big", "c".repeat(200_000)]]
+          ) {
+            yield* backend.set(k!, entryOf(text!))
+          }
+          yield* backend.set("record", entryOf("d".repeat(100)))
+        }).pipe(Effect.scoped)
+        yield* write
+        const files = async (dir: string): Promise<Array<string>> => {
+          const out: Array<string> = []
+          for (const e of await fs.readdir(dir, { withFileTypes: true })) {
+            const full = path.join(dir, e.name)
+            if (e.isDirectory()) out.push(...await files(full))
+            else out.push(full)
+          }
+          return out
+        }
+        yield* Effect.promise(async () => {
+          const content = await files(path.join(directory, "content"))
+          const sizes = await Promise.all(content.map(async (f) => [f, (await fs.stat(f)).size] as const))
+          const bySize = (n: number) => sizes.find(([, s]) => s === n)![0]
+          await fs.truncate(bySize(5000), 2500) // torn ("a"*5000 is the first 5000-byte body written)
+          const flipped = sizes.filter(([, s]) => s === 5000).map(([f]) => f).find((f) => f !== bySize(5000))!
+          const fh = await fs.open(flipped, "r+")
+          await fh.write(Buffer.from("X"), 0, 1, 100)
+          await fh.close()
+          const big = bySize(200_000)
+          const bh = await fs.open(big, "r+")
+          await bh.write(Buffer.from("X"), 0, 1, 150_000)
+          await bh.close()
+          const records = await files(path.join(directory, "index"))
+          for (const r of records) {
+            const text = await fs.readFile(r, "utf8")
+            if (text.includes("\"record\"")) await fs.writeFile(r, text.slice(0, 10))
+          }
+        })
         const backend = yield* DiskBackend.make({ directory, fsync: false })
-        for (const [k, text] of [["torn", "a".repeat(5000)], ["flipped", "b".repeat(5000)], ["big", "c".repeat(200_000)]]) {
-          yield* backend.set(k!, entryOf(text!))
+        for (const k of ["torn", "flipped", "record"]) {
+          expect(Option.isNone(yield* backend.get(k)), k).toBe(true)
+          expect(Option.isNone(yield* backend.streaming!.getStream(k)), `${k} streamed`).toBe(true)
         }
-        yield* backend.set("record", entryOf("d".repeat(100)))
-      }).pipe(Effect.scoped)
-      yield* write
-      const files = async (dir: string): Promise<Array<string>> => {
-        const out: Array<string> = []
-        for (const e of await fs.readdir(dir, { withFileTypes: true })) {
-          const full = path.join(dir, e.name)
-          if (e.isDirectory()) out.push(...await files(full))
-          else out.push(full)
-        }
-        return out
-      }
-      yield* Effect.promise(async () => {
-        const content = await files(path.join(directory, "content"))
-        const sizes = await Promise.all(content.map(async (f) => [f, (await fs.stat(f)).size] as const))
-        const bySize = (n: number) => sizes.find(([, s]) => s === n)![0]
-        await fs.truncate(bySize(5000), 2500) // torn ("a"*5000 is the first 5000-byte body written)
-        const flipped = sizes.filter(([, s]) => s === 5000).map(([f]) => f).find((f) => f !== bySize(5000))!
-        const fh = await fs.open(flipped, "r+")
-        await fh.write(Buffer.from("X"), 0, 1, 100)
-        await fh.close()
-        const big = bySize(200_000)
-        const bh = await fs.open(big, "r+")
-        await bh.write(Buffer.from("X"), 0, 1, 150_000)
-        await bh.close()
-        const records = await files(path.join(directory, "index"))
-        for (const r of records) {
-          const text = await fs.readFile(r, "utf8")
-          if (text.includes("\"record\"")) await fs.writeFile(r, text.slice(0, 10))
-        }
-      })
-      const backend = yield* DiskBackend.make({ directory, fsync: false })
-      for (const k of ["torn", "flipped", "record"]) {
-        expect(Option.isNone(yield* backend.get(k)), k).toBe(true)
-        expect(Option.isNone(yield* backend.streaming!.getStream(k)), `${k} streamed`).toBe(true)
-      }
-      expect(Option.isNone(yield* backend.get("big"))).toBe(true)
-      // a body of more than one chunk is checked as it streams: the stream fails at its end, typed
-      yield* backend.set("big2", entryOf("e".repeat(200_000)))
-      const stream = yield* backend.streaming!.getStream("big2")
-      expect(Option.isSome(stream)).toBe(true)
-    }), 60_000)
+        expect(Option.isNone(yield* backend.get("big"))).toBe(true)
+        // a body of more than one chunk is checked as it streams: the stream fails at its end, typed
+        yield* backend.set("big2", entryOf("e".repeat(200_000)))
+        const stream = yield* backend.streaming!.getStream("big2")
+        expect(Option.isSome(stream)).toBe(true)
+      }),
+    60_000
+  )
 })

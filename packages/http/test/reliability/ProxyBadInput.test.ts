@@ -149,97 +149,115 @@ const fieldsOf = (res: ResponseFields): Array<[string, string]> => {
 
 describe("bad input through the caching proxy", () => {
   it("a stray or unterminated quote in Cache-Control never hides no-store or private (found by the fuzz below)", () => {
-    for (const value of ["\", no-store=\"\"", "\", no-store", "x=\"a, no-store", "max-age=60, \"", "public, x=\"y, private"]) {
+    for (
+      const value of [
+        "\", no-store=\"\"",
+        "\", no-store",
+        "x=\"a, no-store",
+        "max-age=60, \"",
+        "public, x=\"y, private"
+      ]
+    ) {
       const cc = HttpCachePolicy.parseCacheControl(value)
       expect(cc.noStore || cc.private !== false || value === "max-age=60, \"").toBe(true)
     }
     expect(HttpCachePolicy.parseCacheControl("max-age=60, \"").maxAge).toBe(60)
   })
 
-  it.scopedLive(`${RUNS} fuzzed request/response header sets: no 5xx, no garbled body, nothing reused that must not be`, () =>
-    Effect.gen(function*() {
-      const origin = yield* fuzzOrigin
-      const { proxy } = yield* startProxy(origin.url)
-      const pool = new Pool(proxy.url, { connections: 8 })
-      yield* Effect.addFinalizer(() => Effect.promise(() => pool.close()))
-      let n = 0
-      const statuses = new Map<number, number>()
-      yield* Effect.promise(() =>
-        fc.assert(
-          fc.asyncProperty(responseFields, requestFields, async (res, req) => {
-            const path = `/f/${n++}`
-            const spec = Buffer.from(JSON.stringify(fieldsOf(res))).toString("base64")
-            const headers: Record<string, string> = { "x-fuzz": spec }
-            if (req.cacheControl !== undefined) headers["cache-control"] = req.cacheControl
-            if (req.range !== undefined) headers["range"] = req.range
-            if (req.ifNoneMatch !== undefined) headers["if-none-match"] = req.ifNoneMatch
-            if (req.ifModifiedSince !== undefined) headers["if-modified-since"] = req.ifModifiedSince
-            if (req.authorization !== undefined) headers["authorization"] = req.authorization
-            if (req.acceptLanguage !== undefined) headers["accept-language"] = req.acceptLanguage
-            const first = await pool.request({ path, method: "GET", headers })
-            const firstBody = await first.body.text()
-            statuses.set(first.statusCode, (statuses.get(first.statusCode) ?? 0) + 1)
-            const onlyIfCached = directiveNames(req.cacheControl).includes("only-if-cached")
-            if (first.statusCode >= 500 && !(onlyIfCached && first.statusCode === 504)) {
-              throw new Error(`first answer ${first.statusCode}: ${firstBody}`)
-            }
-            const whole = `fuzz-body ${path} auth=${req.authorization ?? "-"}`
-            if (first.statusCode === 200 && firstBody !== whole) throw new Error(`garbled 200 body: ${firstBody}`)
-            if (first.statusCode === 206 && !whole.includes(firstBody)) throw new Error(`bad 206 part: ${firstBody}`)
-            // another user, plain request, same URL
-            const second = await pool.request({ path, method: "GET", headers: { "x-fuzz": spec } })
-            const secondBody = await second.body.text()
-            const cs = String(second.headers["cache-status"] ?? "")
-            if (second.statusCode >= 500) throw new Error(`second answer ${second.statusCode}: ${secondBody}`)
-            if (second.statusCode === 200 && /; hit/.test(cs)) {
-              if (mustNotReuse(res, req.authorization !== undefined)) {
-                throw new Error(`reused what must not be (${cs}): ${JSON.stringify(fieldsOf(res))} ${JSON.stringify(req)}`)
+  it.scopedLive(
+    `${RUNS} fuzzed request/response header sets: no 5xx, no garbled body, nothing reused that must not be`,
+    () =>
+      Effect.gen(function*() {
+        const origin = yield* fuzzOrigin
+        const { proxy } = yield* startProxy(origin.url)
+        const pool = new Pool(proxy.url, { connections: 8 })
+        yield* Effect.addFinalizer(() => Effect.promise(() => pool.close()))
+        let n = 0
+        const statuses = new Map<number, number>()
+        yield* Effect.promise(() =>
+          fc.assert(
+            fc.asyncProperty(responseFields, requestFields, async (res, req) => {
+              const path = `/f/${n++}`
+              const spec = Buffer.from(JSON.stringify(fieldsOf(res))).toString("base64")
+              const headers: Record<string, string> = { "x-fuzz": spec }
+              if (req.cacheControl !== undefined) headers["cache-control"] = req.cacheControl
+              if (req.range !== undefined) headers["range"] = req.range
+              if (req.ifNoneMatch !== undefined) headers["if-none-match"] = req.ifNoneMatch
+              if (req.ifModifiedSince !== undefined) headers["if-modified-since"] = req.ifModifiedSince
+              if (req.authorization !== undefined) headers["authorization"] = req.authorization
+              if (req.acceptLanguage !== undefined) headers["accept-language"] = req.acceptLanguage
+              const first = await pool.request({ path, method: "GET", headers })
+              const firstBody = await first.body.text()
+              statuses.set(first.statusCode, (statuses.get(first.statusCode) ?? 0) + 1)
+              const onlyIfCached = directiveNames(req.cacheControl).includes("only-if-cached")
+              if (first.statusCode >= 500 && !(onlyIfCached && first.statusCode === 504)) {
+                throw new Error(`first answer ${first.statusCode}: ${firstBody}`)
               }
-              if (secondBody !== whole && secondBody !== `fuzz-body ${path} auth=-`) {
-                throw new Error(`hit with a foreign body: ${secondBody}`)
+              const whole = `fuzz-body ${path} auth=${req.authorization ?? "-"}`
+              if (first.statusCode === 200 && firstBody !== whole) throw new Error(`garbled 200 body: ${firstBody}`)
+              if (first.statusCode === 206 && !whole.includes(firstBody)) throw new Error(`bad 206 part: ${firstBody}`)
+              // another user, plain request, same URL
+              const second = await pool.request({ path, method: "GET", headers: { "x-fuzz": spec } })
+              const secondBody = await second.body.text()
+              const cs = String(second.headers["cache-status"] ?? "")
+              if (second.statusCode >= 500) throw new Error(`second answer ${second.statusCode}: ${secondBody}`)
+              if (second.statusCode === 200 && /; hit/.test(cs)) {
+                if (mustNotReuse(res, req.authorization !== undefined)) {
+                  throw new Error(
+                    `reused what must not be (${cs}): ${JSON.stringify(fieldsOf(res))} ${JSON.stringify(req)}`
+                  )
+                }
+                if (secondBody !== whole && secondBody !== `fuzz-body ${path} auth=-`) {
+                  throw new Error(`hit with a foreign body: ${secondBody}`)
+                }
               }
-            }
-            if (second.statusCode === 200 && !/; hit/.test(cs) && secondBody !== `fuzz-body ${path} auth=-`) {
-              throw new Error(`miss with a foreign body: ${secondBody}`)
-            }
-          }),
-          { numRuns: RUNS, seed: 20261122 }
+              if (second.statusCode === 200 && !/; hit/.test(cs) && secondBody !== `fuzz-body ${path} auth=-`) {
+                throw new Error(`miss with a foreign body: ${secondBody}`)
+              }
+            }),
+            { numRuns: RUNS, seed: 20261122 }
+          )
         )
-      )
-      console.log(`reliability/fuzz ${JSON.stringify({ runs: RUNS, statuses: Object.fromEntries(statuses) })}`)
-      expect(n).toBeGreaterThanOrEqual(RUNS)
-    }), 120_000)
+        console.log(`reliability/fuzz ${JSON.stringify({ runs: RUNS, statuses: Object.fromEntries(statuses) })}`)
+        expect(n).toBeGreaterThanOrEqual(RUNS)
+      }),
+    120_000
+  )
 
   // The secondary key spells out every Vary field, so 400 names make it longer than the 4096-byte key
   // limit: such responses are not stored at all (logged), which is bounded and safe.
-  it.scopedLive("a Vary with 400 field names and 60 variants: every answer right, memory stays under its bound", () =>
-    Effect.gen(function*() {
-      const origin = yield* fuzzOrigin
-      const { memory, proxy } = yield* startProxy(origin.url, 2 * MIB)
-      const names = Array.from({ length: 400 }, (_, i) => `x-v${i}`)
-      const spec = Buffer.from(JSON.stringify([
-        ["cache-control", "public, max-age=60"],
-        ["vary", names.join(", ")]
-      ])).toString("base64")
-      const pool = new Pool(proxy.url, { connections: 8 })
-      yield* Effect.addFinalizer(() => Effect.promise(() => pool.close()))
-      let hits = 0
-      for (let round = 0; round < 2; round++) {
-        for (let v = 0; v < 60; v++) {
-          const headers: Record<string, string> = { "x-fuzz": spec }
-          // 25 of the 400 fields set per request, different per variant
-          for (let j = 0; j < 25; j++) headers[names[(v * 7 + j * 13) % names.length]!] = `value-${v}-${j}`
-          const res = yield* Effect.promise(() => pool.request({ path: "/vary-many", method: "GET", headers }))
-          const body = yield* Effect.promise(() => res.body.text())
-          expect(res.statusCode).toBe(200)
-          expect(body).toBe("fuzz-body /vary-many auth=-")
-          if (/; hit/.test(String(res.headers["cache-status"] ?? ""))) hits++
+  it.scopedLive(
+    "a Vary with 400 field names and 60 variants: every answer right, memory stays under its bound",
+    () =>
+      Effect.gen(function*() {
+        const origin = yield* fuzzOrigin
+        const { memory, proxy } = yield* startProxy(origin.url, 2 * MIB)
+        const names = Array.from({ length: 400 }, (_, i) => `x-v${i}`)
+        const spec = Buffer.from(JSON.stringify([
+          ["cache-control", "public, max-age=60"],
+          ["vary", names.join(", ")]
+        ])).toString("base64")
+        const pool = new Pool(proxy.url, { connections: 8 })
+        yield* Effect.addFinalizer(() => Effect.promise(() => pool.close()))
+        let hits = 0
+        for (let round = 0; round < 2; round++) {
+          for (let v = 0; v < 60; v++) {
+            const headers: Record<string, string> = { "x-fuzz": spec }
+            // 25 of the 400 fields set per request, different per variant
+            for (let j = 0; j < 25; j++) headers[names[(v * 7 + j * 13) % names.length]!] = `value-${v}-${j}`
+            const res = yield* Effect.promise(() => pool.request({ path: "/vary-many", method: "GET", headers }))
+            const body = yield* Effect.promise(() => res.body.text())
+            expect(res.statusCode).toBe(200)
+            expect(body).toBe("fuzz-body /vary-many auth=-")
+            if (/; hit/.test(String(res.headers["cache-status"] ?? ""))) hits++
+          }
         }
-      }
-      console.log(`reliability/vary-400 ${JSON.stringify({ hits })}`)
-      const stats = yield* memory.stats
-      expect(stats.bytes).toBeLessThanOrEqual(2 * MIB)
-    }), 60_000)
+        console.log(`reliability/vary-400 ${JSON.stringify({ hits })}`)
+        const stats = yield* memory.stats
+        expect(stats.bytes).toBeLessThanOrEqual(2 * MIB)
+      }),
+    60_000
+  )
 
   it.scopedLive("oversized request headers get 431 from the proxy, and it keeps serving", () =>
     Effect.gen(function*() {
@@ -249,7 +267,11 @@ describe("bad input through the caching proxy", () => {
       yield* Effect.addFinalizer(() => Effect.promise(() => pool.close()))
       const huge = yield* Effect.promise(async () => {
         try {
-          const res = await pool.request({ path: "/big-headers", method: "GET", headers: { "x-big": "a".repeat(64 * 1024) } })
+          const res = await pool.request({
+            path: "/big-headers",
+            method: "GET",
+            headers: { "x-big": "a".repeat(64 * 1024) }
+          })
           await res.body.dump()
           return res.statusCode
         } catch (error) {

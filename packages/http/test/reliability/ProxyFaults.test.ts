@@ -122,83 +122,95 @@ describe("faults under the caching proxy", () => {
     120_000
   )
 
-  it.scopedLive("Redis as the only backend killed under load: requests keep succeeding from the origin", () =>
-    Effect.gen(function*() {
-      const o = yield* origin
-      const r = yield* redis
-      const proxy = yield* startProxy(
-        o.url,
-        RedisBackend.layer({ url: r.url, prefix: `reliability-only:${Date.now()}:`, commandTimeout: 300 })
-      )
-      const before = yield* Effect.promise(() => runLoad(proxy.url, noLarge(PHASE / 2, 4), { connections: 64 }))
-      yield* Effect.promise(r.stop)
-      const down = yield* Effect.promise(() => runLoad(proxy.url, noLarge(PHASE / 2, 5), { connections: 64 }))
-      yield* Effect.promise(r.start)
-      yield* Effect.sleep("1500 millis") // ioredis' reconnect backoff
-      const back = yield* Effect.promise(() => runLoad(proxy.url, noLarge(PHASE / 2, 6), { connections: 64 }))
-      for (const phase of [before, down, back]) {
-        expect(phase.transportErrors).toEqual([])
-        expect(phase.mismatches).toEqual([])
-      }
-      expect(back.cacheStatuses.hit).toBeGreaterThan(0)
-      expect(yield* connectedClients(r)).toBe(1)
-    }), 120_000)
-
-  for (const kind of ["memory", "disk"] as const) {
-    it.scopedLive(`an origin resetting the connection mid-body leaves no truncated entry (${kind})`, () =>
+  it.scopedLive(
+    "Redis as the only backend killed under load: requests keep succeeding from the origin",
+    () =>
       Effect.gen(function*() {
         const o = yield* origin
-        const dir = mkdtempSync(path.join(tmpdir(), "ck-reset-"))
-        yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(dir, { recursive: true, force: true })))
-        const backend = kind === "memory"
-          ? MemoryBackend.layer({ maxBytes: 32 * MIB })
-          : DiskBackend.layer({ directory: dir, fsync: false })
-        const proxy = yield* startProxy(o.url, backend)
-        const urls = ["/reset/1", "/reset/2", "/reset/large-ish"]
-        for (const url of urls) {
-          const cut = yield* get(`${proxy.url}${url}`)
-          // the client sees the cut too (an aborted body), never a short body passed off as whole
-          const whole = expectedBody(url, "-")
-          expect(cut.error !== undefined || cut.body.byteLength < whole.byteLength).toBe(true)
+        const r = yield* redis
+        const proxy = yield* startProxy(
+          o.url,
+          RedisBackend.layer({ url: r.url, prefix: `reliability-only:${Date.now()}:`, commandTimeout: 300 })
+        )
+        const before = yield* Effect.promise(() => runLoad(proxy.url, noLarge(PHASE / 2, 4), { connections: 64 }))
+        yield* Effect.promise(r.stop)
+        const down = yield* Effect.promise(() => runLoad(proxy.url, noLarge(PHASE / 2, 5), { connections: 64 }))
+        yield* Effect.promise(r.start)
+        yield* Effect.sleep("1500 millis") // ioredis' reconnect backoff
+        const back = yield* Effect.promise(() => runLoad(proxy.url, noLarge(PHASE / 2, 6), { connections: 64 }))
+        for (const phase of [before, down, back]) {
+          expect(phase.transportErrors).toEqual([])
+          expect(phase.mismatches).toEqual([])
         }
-        o.faults.resetBodies = false
-        for (const url of urls) {
-          for (let i = 0; i < 2; i++) {
-            const res = yield* get(`${proxy.url}${url}`)
-            expect(res.status).toBe(200)
-            expect(Buffer.compare(res.body, expectedBody(url, "-"))).toBe(0)
-            if (i === 1) expect(res.cacheStatus).toMatch(/; hit/)
+        expect(back.cacheStatuses.hit).toBeGreaterThan(0)
+        expect(yield* connectedClients(r)).toBe(1)
+      }),
+    120_000
+  )
+
+  for (const kind of ["memory", "disk"] as const) {
+    it.scopedLive(
+      `an origin resetting the connection mid-body leaves no truncated entry (${kind})`,
+      () =>
+        Effect.gen(function*() {
+          const o = yield* origin
+          const dir = mkdtempSync(path.join(tmpdir(), "ck-reset-"))
+          yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(dir, { recursive: true, force: true })))
+          const backend = kind === "memory"
+            ? MemoryBackend.layer({ maxBytes: 32 * MIB })
+            : DiskBackend.layer({ directory: dir, fsync: false })
+          const proxy = yield* startProxy(o.url, backend)
+          const urls = ["/reset/1", "/reset/2", "/reset/large-ish"]
+          for (const url of urls) {
+            const cut = yield* get(`${proxy.url}${url}`)
+            // the client sees the cut too (an aborted body), never a short body passed off as whole
+            const whole = expectedBody(url, "-")
+            expect(cut.error !== undefined || cut.body.byteLength < whole.byteLength).toBe(true)
           }
-        }
-        // the first full trip after the resets went to the origin: nothing was served from a cut entry
-        expect(o.counts.get("reset")).toBe(urls.length * 2)
-      }), 60_000)
+          o.faults.resetBodies = false
+          for (const url of urls) {
+            for (let i = 0; i < 2; i++) {
+              const res = yield* get(`${proxy.url}${url}`)
+              expect(res.status).toBe(200)
+              expect(Buffer.compare(res.body, expectedBody(url, "-"))).toBe(0)
+              if (i === 1) expect(res.cacheStatus).toMatch(/; hit/)
+            }
+          }
+          // the first full trip after the resets went to the origin: nothing was served from a cut entry
+          expect(o.counts.get("reset")).toBe(urls.length * 2)
+        }),
+      60_000
+    )
   }
 
-  it.scopedLive("a hanging origin: 504 after the upstream timeout, stale-if-error served when stored", () =>
-    Effect.gen(function*() {
-      const o = yield* origin
-      const proxy = yield* startProxy(o.url, MemoryBackend.layer({ maxBytes: 8 * MIB }), {
-        upstreamTimeout: "400 millis"
-      })
-      const first = yield* get(`${proxy.url}/swr/1`)
-      expect(first.status).toBe(200)
-      yield* Effect.sleep("1100 millis") // max-age=1 ran out
-      o.faults.hang = true
-      const started = Date.now()
-      const stale = yield* get(`${proxy.url}/swr/1`)
-      const unknown = yield* get(`${proxy.url}/hit/never-stored`)
-      const elapsed = Date.now() - started
-      o.faults.hang = false
-      expect(stale.status).toBe(200)
-      expect(Buffer.compare(stale.body, expectedBody("/swr/1", "-"))).toBe(0)
-      expect(unknown.status).toBe(504)
-      expect(elapsed).toBeLessThan(10_000)
-      // the origin recovers: the next request is answered fresh
-      const fresh = yield* get(`${proxy.url}/hit/never-stored`)
-      expect(fresh.status).toBe(200)
-      expect(yield* proxy.inFlight).toBe(0)
-    }), 60_000)
+  it.scopedLive(
+    "a hanging origin: 504 after the upstream timeout, stale-if-error served when stored",
+    () =>
+      Effect.gen(function*() {
+        const o = yield* origin
+        const proxy = yield* startProxy(o.url, MemoryBackend.layer({ maxBytes: 8 * MIB }), {
+          upstreamTimeout: "400 millis"
+        })
+        const first = yield* get(`${proxy.url}/swr/1`)
+        expect(first.status).toBe(200)
+        yield* Effect.sleep("1100 millis") // max-age=1 ran out
+        o.faults.hang = true
+        const started = Date.now()
+        const stale = yield* get(`${proxy.url}/swr/1`)
+        const unknown = yield* get(`${proxy.url}/hit/never-stored`)
+        const elapsed = Date.now() - started
+        o.faults.hang = false
+        expect(stale.status).toBe(200)
+        expect(Buffer.compare(stale.body, expectedBody("/swr/1", "-"))).toBe(0)
+        expect(unknown.status).toBe(504)
+        expect(elapsed).toBeLessThan(10_000)
+        // the origin recovers: the next request is answered fresh
+        const fresh = yield* get(`${proxy.url}/hit/never-stored`)
+        expect(fresh.status).toBe(200)
+        expect(yield* proxy.inFlight).toBe(0)
+      }),
+    60_000
+  )
 
   it.scopedLive("a slow origin under load: coalesced requests all get the right bytes", () =>
     Effect.gen(function*() {
@@ -213,21 +225,25 @@ describe("faults under the caching proxy", () => {
       expect(o.counts.get("hit") ?? 0).toBeLessThanOrEqual(40)
     }), 60_000)
 
-  it.scopedLive("a disk store that becomes unwritable: caching is skipped and serving continues", () =>
-    Effect.gen(function*() {
-      const o = yield* origin
-      const dir = mkdtempSync(path.join(tmpdir(), "ck-unwritable-"))
-      const store = path.join(dir, "store")
-      yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(dir, { recursive: true, force: true })))
-      const proxy = yield* startProxy(o.url, DiskBackend.layer({ directory: store, fsync: false }))
-      const warm = yield* Effect.promise(() => runLoad(proxy.url, noLarge(100, 8), { connections: 16 }))
-      expect(warm.mismatches).toEqual([])
-      // root ignores permission bits, so make the directory impossible instead: replace it by a file
-      rmSync(store, { recursive: true, force: true })
-      writeFileSync(store, "not a directory")
-      const broken = yield* Effect.promise(() => runLoad(proxy.url, noLarge(PHASE / 2, 9), { connections: 64 }))
-      console.log(`reliability/disk-unwritable ${JSON.stringify(broken.cacheStatuses)}`)
-      expect(broken.transportErrors).toEqual([])
-      expect(broken.mismatches).toEqual([])
-    }), 60_000)
+  it.scopedLive(
+    "a disk store that becomes unwritable: caching is skipped and serving continues",
+    () =>
+      Effect.gen(function*() {
+        const o = yield* origin
+        const dir = mkdtempSync(path.join(tmpdir(), "ck-unwritable-"))
+        const store = path.join(dir, "store")
+        yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(dir, { recursive: true, force: true })))
+        const proxy = yield* startProxy(o.url, DiskBackend.layer({ directory: store, fsync: false }))
+        const warm = yield* Effect.promise(() => runLoad(proxy.url, noLarge(100, 8), { connections: 16 }))
+        expect(warm.mismatches).toEqual([])
+        // root ignores permission bits, so make the directory impossible instead: replace it by a file
+        rmSync(store, { recursive: true, force: true })
+        writeFileSync(store, "not a directory")
+        const broken = yield* Effect.promise(() => runLoad(proxy.url, noLarge(PHASE / 2, 9), { connections: 64 }))
+        console.log(`reliability/disk-unwritable ${JSON.stringify(broken.cacheStatuses)}`)
+        expect(broken.transportErrors).toEqual([])
+        expect(broken.mismatches).toEqual([])
+      }),
+    60_000
+  )
 })
