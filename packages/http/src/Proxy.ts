@@ -83,6 +83,11 @@ export interface Options {
    * last CDN-like hop (RFC 9213 §2.1). Matched case-insensitively.
    */
   readonly stripResponseFields?: ReadonlyArray<string> | undefined
+  /**
+   * Wraps the forwarding app before it is served, e.g. to answer an admin prefix on the proxy's own
+   * port (`cachekit proxy --admin`). Whatever it does not handle should go to the app it was given.
+   */
+  readonly mount?: ((app: HttpApp.Default) => HttpApp.Default) | undefined
 }
 
 /** `Options` plus the cache the proxy runs in shared mode (RFC 9111 §3: s-maxage, no `private`). */
@@ -178,7 +183,8 @@ const makeLayer = (
         port: options.port ?? defaults.port,
         host: options.host ?? defaults.host
       })
-      const app = internal.makeApp(client, resolved, timeoutInApp)
+      const forwarding = internal.makeApp(client, resolved, timeoutInApp)
+      const app = options.mount === undefined ? forwarding : options.mount(forwarding)
       // The request fibers inherit the fiber refs of this `serve` call: spans are off unless asked for.
       yield* resolved.tracing
         ? httpServer.serve(app)
