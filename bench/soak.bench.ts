@@ -7,7 +7,7 @@
  * - 5 SIGKILL / restart cycles of the disk-backed proxy (CACHEKIT_SOAK_CRASH_CYCLES);
  * - 1,000 fuzz runs per property (CACHEKIT_SOAK_FUZZ_RUNS).
  * Each suite prints `reliability/<name> {json}` lines with its figures; docs/reliability.md quotes them.
- * `npm run bench -- soak -- quick` runs only the 20k load.
+ * `CACHEKIT_SOAK_QUICK=1 npm run bench -- soak` runs only the 20k load.
  */
 import { spawnSync } from "node:child_process"
 
@@ -19,13 +19,14 @@ const env = {
   CACHEKIT_SOAK_FUZZ_RUNS: process.env["CACHEKIT_SOAK_FUZZ_RUNS"] ?? "1000"
 }
 
-const suites: Array<[project: string, files: Array<string>]> = process.argv.includes("quick")
-  ? [["@cachekit/http", ["test/reliability/ProxyLoad"]]]
-  : [
-    ["@cachekit/http", ["test/reliability/"]],
-    ["@cachekit/backends", ["test/reliability/"]],
-    ["@cachekit/admin", ["test/reliability/"]]
-  ]
+const suites: Array<[project: string, files: Array<string>]> =
+  process.env["CACHEKIT_SOAK_QUICK"] === "1" || process.argv.includes("quick")
+    ? [["@cachekit/http", ["test/reliability/ProxyLoad"]]]
+    : [
+      ["@cachekit/http", ["test/reliability/"]],
+      ["@cachekit/backends", ["test/reliability/"]],
+      ["@cachekit/admin", ["test/reliability/"]]
+    ]
 
 let failed = 0
 for (const [project, files] of suites) {
