@@ -649,6 +649,32 @@ describe.each(variants)("Cache on $name", ({ withCache }) => {
   })
 
   describe("Cache: tags", () => {
+    it.effect("a computed value is stored before any caller gets it, so an invalidation right after cannot be overtaken", () =>
+      Effect.gen(function*() {
+        const inner = makeTestBackend({ sync: false })
+        // A backend whose writes take a second (of TestClock time), like a slow remote store.
+        const slow: TestBackend = Object.assign(Object.create(inner) as TestBackend, {
+          set: (key: string, entry: Parameters<TestBackend["set"]>[1]) =>
+            Effect.delay(inner.set(key, entry), "1 second")
+        })
+        const result = yield* Effect.gen(function*() {
+          const cache = yield* Cache.Cache
+          const fiber = yield* Effect.fork(cache.getOrCompute("k", Effect.succeed(new Uint8Array([1]))))
+          yield* settle
+          const beforeWrite = yield* Fiber.poll(fiber)
+          yield* TestClock.adjust("1 second")
+          const value = yield* Fiber.join(fiber)
+          const storedWhenReturned = yield* stored(inner, "k")
+          yield* cache.delete("k")
+          yield* TestClock.adjust("5 seconds")
+          return { beforeWrite, value, storedWhenReturned, afterDelete: yield* stored(inner, "k") }
+        }).pipe(Effect.provide(Cache.layer({}).pipe(Layer.provide(testBackendLayer(slow)))))
+        expect(Option.isNone(result.beforeWrite)).toBe(true)
+        expect([...result.value]).toEqual([1])
+        expect(result.storedWhenReturned).toBeDefined()
+        expect(result.afterDelete).toBeUndefined()
+      }))
+
     it.effect("invalidateTags removes every entry carrying one of the tags", () =>
       withCache((cache) =>
         Effect.gen(function*() {

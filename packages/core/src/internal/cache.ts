@@ -503,8 +503,9 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
         const tooLarge = checkSize(key, bytes)
         if (tooLarge !== undefined) return Effect.asVoid(Deferred.fail(deferred, tooLarge))
         const empty = options?.isEmpty !== undefined && r.negativeTtl > 0 && options.isEmpty(value)
+        // Store first, then release the waiters: a caller that invalidates the key right after getting
+        // its value must not be overtaken by this write (which would bring the old value back).
         return Effect.zipRight(
-          Deferred.succeed(deferred, value),
           Effect.suspend(() => {
             const entry = empty
               ? makeEntry(bytes, clock.unsafeCurrentTimeMillis(), r.negativeTtl, 0, r.tags)
@@ -513,7 +514,8 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
               onFailure: () => Effect.sync(() => stats.bump("backendErrors")),
               onSuccess: () => Effect.sync(() => void remember(entry, value))
             })
-          })
+          }),
+          Deferred.succeed(deferred, value)
         )
       }
     })
