@@ -44,11 +44,11 @@ describe("cachekit flags", () => {
   })
 
   it("rejects an unknown flag, a missing value and a bad value with a typed error naming the flag", () => {
-    expect(parse(["proxy", "--admin"])).toStrictEqual(Either.left(
+    expect(parse(["proxy", "--turbo"])).toStrictEqual(Either.left(
       new CliError({
         reason: "UnknownFlag",
-        flag: "admin",
-        message: "unknown flag --admin (cachekit proxy --help lists them)"
+        flag: "turbo",
+        message: "unknown flag --turbo (cachekit proxy --help lists them)"
       })
     ))
     const missing = parse(["proxy", "--upstream"])
@@ -56,7 +56,7 @@ describe("cachekit flags", () => {
     const badPort = parse(["proxy", "--port", "70000"])
     expect(Either.isLeft(badPort) && [badPort.left.reason, badPort.left.flag]).toEqual(["InvalidValue", "port"])
     const badBackend = parse(["proxy", "--backend", "floppy"])
-    expect(Either.isLeft(badBackend) && badBackend.left.message).toContain("memory, disk, redis, memcached, none")
+    expect(Either.isLeft(badBackend) && badBackend.left.message).toContain("memory+disk, memory+redis, memory+memcached, memory, disk, redis, memcached, none")
     const badSize = parse(["proxy", "--max-body-size", "lots"])
     expect(Either.isLeft(badSize) && badSize.left.flag).toBe("max-body-size")
     expect(Either.isLeft(parse(["serve"]))).toBe(true)

@@ -5,18 +5,20 @@
  *
  * @internal
  */
-import { DiskBackend, MemcachedBackend, RedisBackend } from "@cachekit/backends"
-import type { CacheBackend, CacheError } from "@cachekit/core"
-import { MemoryBackend } from "@cachekit/core"
-import type { HttpClient } from "@effect/platform"
-import { NodeHttpClient } from "@effect/platform-node"
-import { Config, ConfigError, Console, Context, Effect, Either, Layer, Option } from "effect"
+import { AdminApi, AdminAuth, AdminServer, AdminTarget, OperationLog } from "@cachekit/admin"
+import type { CacheError, InvalidationBus } from "@cachekit/core"
+import { CacheBackend } from "@cachekit/core"
+import type { HttpApp, HttpClient, HttpServerError } from "@effect/platform"
+import { HttpServer, HttpServerRequest } from "@effect/platform"
+import { NodeHttpClient, NodeHttpServer } from "@effect/platform-node"
+import type { Scope } from "effect"
+import { Config, ConfigError, Console, Context, Data, Effect, Either, Layer, Option } from "effect"
 import * as Proxy from "../Proxy.js"
-import type { BackendKind } from "./cliArgs.js"
-import type { CliError } from "./cliArgs.js"
-import { BACKENDS, configProvider } from "./cliArgs.js"
+import type { BackendKind, BusKind, CliError } from "./cliArgs.js"
+import { BACKENDS, BUSES, configProvider } from "./cliArgs.js"
 import * as DemoOrigin from "./demoOrigin.js"
 import { durationConfig, millisConfig, portConfig } from "./proxy.js"
+import * as ProxyBackends from "./proxyBackends.js"
 import { parseSize } from "./units.js"
 
 const sizeConfig = (name: string): Config.Config<Option.Option<number>> =>
@@ -36,8 +38,27 @@ export const settingsConfig = Config.all({
   host: Config.string("CACHEKIT_HOST").pipe(Config.withDefault(Proxy.defaults.host)),
   upstreamTimeout: durationConfig("CACHEKIT_UPSTREAM_TIMEOUT", Proxy.defaults.upstreamTimeoutMillis),
   shutdownGrace: durationConfig("CACHEKIT_SHUTDOWN_GRACE", Proxy.defaults.shutdownGraceMillis),
-  backend: Config.literal(...BACKENDS)("CACHEKIT_BACKEND").pipe(Config.withDefault<BackendKind>("memory")),
+  backend: Config.literal(...BACKENDS)("CACHEKIT_BACKEND").pipe(
+    Config.withDefault<BackendKind>(ProxyBackends.defaults.backend)
+  ),
   memoryMaxBytes: sizeConfig("CACHEKIT_MEMORY_MAX_BYTES"),
+  l1MaxEntrySize: sizeConfig("CACHEKIT_L1_MAX_ENTRY_SIZE"),
+  diskDir: Config.option(Config.string("CACHEKIT_DISK_DIR")),
+  bus: Config.literal(...BUSES)("CACHEKIT_BUS").pipe(Config.withDefault<BusKind>("auto")),
+  admin: Config.boolean("CACHEKIT_ADMIN").pipe(Config.withDefault(false)),
+  adminPrefix: Config.string("CACHEKIT_ADMIN_PREFIX").pipe(
+    Config.withDefault("/_cachekit"),
+    Config.validate({
+      message: "CACHEKIT_ADMIN_PREFIX must be a path such as /_cachekit",
+      validation: (prefix): prefix is `/${string}` => /^\/[A-Za-z0-9._~/-]*[A-Za-z0-9._~-]$/.test(prefix)
+    })
+  ),
+  adminPort: Config.option(
+    Config.integer("CACHEKIT_ADMIN_PORT").pipe(Config.validate({
+      message: "CACHEKIT_ADMIN_PORT must be a port number from 0 to 65535",
+      validation: (n) => n >= 0 && n <= 65535
+    }))
+  ),
   maxBodySize: sizeConfig("CACHEKIT_MAX_BODY_SIZE"),
   maxTtl: Config.option(millisConfig("CACHEKIT_MAX_TTL")),
   cacheStatusName: Config.string("CACHEKIT_CACHE_STATUS_NAME").pipe(Config.withDefault("cachekit")),
@@ -49,38 +70,148 @@ export const settingsConfig = Config.all({
 })
 export type Settings = Config.Config.Success<typeof settingsConfig>
 
-const MIB = 1024 * 1024
+// ---------------------------------------------------------------------------------------------
+// Admin API
+// ---------------------------------------------------------------------------------------------
 
-/** The backend layer for `--backend`; each backend reads its own `CACHEKIT_<BACKEND>_*` settings too. */
-const backendLayer = (
-  settings: Settings
-): Layer.Layer<CacheBackend.CacheBackendTag, CacheError.CacheError | ConfigError.ConfigError> => {
-  switch (settings.backend) {
-    case "disk":
-      return DiskBackend.layerConfig()
-    case "redis":
-      return RedisBackend.layerConfig()
-    case "memcached":
-      return MemcachedBackend.layerConfig()
-    case "memory":
-    case "none":
-      return MemoryBackend.layerConfig(
-        Config.map(MemoryBackend.config, (options) => ({
-          ...options,
-          ...(Option.isSome(settings.memoryMaxBytes) ? { maxBytes: settings.memoryMaxBytes.value } : {})
-        }))
-      )
-  }
+/** `--admin` without a safe way in: no token, a bad token, or anonymous mode off loopback. */
+export class AdminNotSecured extends Data.TaggedError("AdminNotSecured")<{ readonly message: string }> {}
+
+const isLoopbackHost = (host: string) => AdminAuth.isLoopback(host) || host === "localhost"
+
+/** The authenticator from `CACHEKIT_ADMIN_TOKEN` & co., or why the admin API cannot start. */
+const adminAuth = (host: string): Effect.Effect<AdminAuth.AdminAuth, AdminNotSecured | ConfigError.ConfigError> =>
+  Effect.flatMap(AdminAuth.config, (options) =>
+    Either.match(AdminAuth.make(options), {
+      onLeft: (error) =>
+        Effect.fail(
+          new AdminNotSecured({
+            message:
+              `the admin API (--admin) cannot start: ${
+                error._op === "InvalidData" ? error.message : String(error)
+              }. Set CACHEKIT_ADMIN_TOKEN to a secret of 16+ characters (CACHEKIT_ADMIN_READ_TOKEN for a ` +
+              "read-only one), or CACHEKIT_ADMIN_ALLOW_ANONYMOUS=true for loopback-only development"
+          })
+        ),
+      onRight: (auth) =>
+        auth.anonymous && !isLoopbackHost(host)
+          ? Effect.fail(
+            new AdminNotSecured({
+              message: `anonymous admin access (CACHEKIT_ADMIN_ALLOW_ANONYMOUS) is only allowed on loopback, ` +
+                `but the admin API would listen on ${host}; set CACHEKIT_ADMIN_TOKEN instead`
+            })
+          )
+          : Effect.succeed(auth)
+    }))
+
+/** Sends requests under `prefix` to `admin`, everything else to the proxy. */
+const mountAt = (prefix: string, admin: HttpApp.Default) => {
+  const base = prefix.replace(/\/+$/, "")
+  return (app: HttpApp.Default): HttpApp.Default =>
+    Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+      const url = request.url
+      if (url.charCodeAt(1) !== base.charCodeAt(1)) return app // most proxied paths leave here
+      const queryAt = url.indexOf("?")
+      const path = queryAt === -1 ? url : url.slice(0, queryAt)
+      return path === base || path.startsWith(base + "/") ? admin : app
+    })
 }
 
-/** The proxy's layer for these settings, over `HttpClient` (and a backend unless `none`). */
-export const proxyLayer = (
+// ---------------------------------------------------------------------------------------------
+// Starting
+// ---------------------------------------------------------------------------------------------
+
+/** A started proxy with what it caches in and where its admin API answers. */
+export interface Running {
+  readonly proxy: Proxy.Proxy
+  readonly cache: ProxyBackends.ProxyCache
+  /** The admin API's base URL (with its prefix), when enabled. */
+  readonly adminUrl: string | undefined
+}
+
+export type StartError =
+  | Proxy.InvalidUpstream
+  | Proxy.ServeError
+  | HttpServerError.ServeError
+  | CacheError.CacheError
+  | ConfigError.ConfigError
+  | InvalidationBus.InvalidationBusError
+  | AdminNotSecured
+
+/**
+ * Starts the proxy for `settings` in front of `upstream` (`demo`: the embedded demo origin, so the
+ * disk tier goes to a temp dir), with the admin API when enabled. Reads admin tokens, backend and
+ * operation-log settings from the `ConfigProvider`. Everything stops when the scope closes.
+ */
+export const start = (
   settings: Settings,
-  upstream: string
+  upstream: string,
+  demo: boolean
+): Effect.Effect<Running, StartError, Scope.Scope | HttpClient.HttpClient> =>
+  Effect.gen(function*() {
+    // Checked before anything listens: a proxy must not come up with an unusable admin API.
+    const adminHost = Option.isSome(settings.adminPort)
+      ? yield* Config.string("CACHEKIT_ADMIN_HOST").pipe(Config.withDefault("127.0.0.1"))
+      : settings.host
+    const auth = settings.admin ? yield* adminAuth(adminHost) : undefined
+    const cache = yield* ProxyBackends.make({
+      backend: settings.backend,
+      memoryMaxBytes: settings.memoryMaxBytes,
+      l1MaxEntrySize: settings.l1MaxEntrySize,
+      diskDir: settings.diskDir,
+      bus: settings.bus,
+      demo
+    })
+    const adminServices = auth === undefined ? undefined : Context.make(AdminAuth.AdminAuthTag, auth).pipe(
+      Context.add(AdminTarget.AdminTargetTag, cache.adminTarget),
+      Context.add(
+        OperationLog.OperationLogTag,
+        yield* OperationLog.layerConfig.pipe(
+          Layer.build,
+          Effect.map(Context.get(OperationLog.OperationLogTag))
+        )
+      )
+    )
+    let mount: ((app: HttpApp.Default) => HttpApp.Default) | undefined
+    let adminUrl: ((proxy: Proxy.Proxy) => string) | undefined
+    if (adminServices !== undefined) {
+      const prefix = settings.adminPrefix
+      if (Option.isSome(settings.adminPort)) {
+        const server = yield* Layer.build(
+          AdminServer.layer({ port: settings.adminPort.value, host: adminHost, prefix }).pipe(
+            Layer.provide(Layer.succeedContext(adminServices))
+          )
+        )
+        const address = Context.get(server, HttpServer.HttpServer).address
+        const port = address._tag === "TcpAddress" ? address.port : 0
+        const host = adminHost.includes(":") ? `[${adminHost}]` : adminHost
+        adminUrl = () => `http://${host}:${port}${prefix}`
+      } else {
+        // The proxy's server provides no platform services; the admin app needs them.
+        const platform = yield* Layer.build(NodeHttpServer.layerContext)
+        const admin = yield* AdminApi.makeApp({ prefix }).pipe(Effect.provide(adminServices))
+        mount = mountAt(prefix, Effect.provide(admin, platform))
+        adminUrl = (proxy) => `${proxy.url}${prefix}`
+      }
+    }
+    const context = yield* Layer.build(
+      proxyLayer(settings, upstream, mount).pipe(
+        Layer.provide(Layer.succeed(CacheBackend.CacheBackendTag, cache.backend))
+      )
+    )
+    const proxy = Context.get(context, Proxy.ProxyTag)
+    return { proxy, cache, adminUrl: adminUrl?.(proxy) }
+  })
+
+/** The proxy's layer for these settings over `HttpClient` and (unless `none`) a `CacheBackendTag`. */
+const proxyLayer = (
+  settings: Settings,
+  upstream: string,
+  mount: ((app: HttpApp.Default) => HttpApp.Default) | undefined
 ): Layer.Layer<
   Proxy.ProxyTag,
-  Proxy.InvalidUpstream | Proxy.ServeError | CacheError.CacheError | ConfigError.ConfigError,
-  HttpClient.HttpClient
+  Proxy.InvalidUpstream | Proxy.ServeError,
+  HttpClient.HttpClient | CacheBackend.CacheBackendTag
 > => {
   const options: Proxy.Options = {
     upstream,
@@ -88,7 +219,8 @@ export const proxyLayer = (
     host: settings.host,
     upstreamTimeout: settings.upstreamTimeout,
     shutdownGrace: settings.shutdownGrace,
-    stripResponseFields: settings.stripTargetedCacheControl ? settings.targetedCacheControl : undefined
+    stripResponseFields: settings.stripTargetedCacheControl ? settings.targetedCacheControl : undefined,
+    mount
   }
   if (settings.backend === "none") return Proxy.layer(options)
   return Proxy.layerCaching({
@@ -99,30 +231,21 @@ export const proxyLayer = (
       ...(Option.isSome(settings.maxBodySize) ? { maxBodySize: settings.maxBodySize.value } : {}),
       ...(Option.isSome(settings.maxTtl) ? { maxTtl: settings.maxTtl.value } : {})
     }
-  }).pipe(Layer.provide(backendLayer(settings)))
+  })
 }
 
-const describeBackend = (settings: Settings): string => {
-  switch (settings.backend) {
-    case "memory": {
-      const bytes = Option.getOrElse(settings.memoryMaxBytes, () => 64 * MIB)
-      return `memory (up to ${Math.round(bytes / MIB)} MiB)`
-    }
-    case "none":
-      return "none (forwarding only, nothing is cached)"
-    default:
-      return settings.backend
-  }
-}
-
-const banner = (proxy: Proxy.Proxy, settings: Settings, demo: DemoOrigin.DemoOrigin | undefined): string => {
+const banner = (running: Running, settings: Settings, demo: DemoOrigin.DemoOrigin | undefined): string => {
+  const { proxy } = running
   const lines = [
     `cachekit proxy listening on ${proxy.url}`,
     demo === undefined
       ? `  upstream: ${proxy.upstream.href}`
       : `  upstream: embedded demo origin at ${demo.url} (no --upstream given)`,
-    `  backend:  ${describeBackend(settings)}`
+    `  backend:  ${
+      settings.backend === "none" ? "none (forwarding only, nothing is cached)" : running.cache.description
+    }`
   ]
+  if (running.adminUrl !== undefined) lines.push(`cachekit admin listening on ${running.adminUrl}`)
   if (demo !== undefined) {
     lines.push(
       "",
@@ -149,22 +272,19 @@ const runProxy = Effect.gen(function*() {
     demo = Context.get(context, DemoOrigin.DemoOriginTag)
     upstream = demo.url
   }
-  const context = yield* Layer.build(
-    proxyLayer(settings, upstream).pipe(Layer.provide(NodeHttpClient.layerUndici))
-  )
-  const proxy = Context.get(context, Proxy.ProxyTag)
-  yield* Console.log(banner(proxy, settings, demo))
+  const client = yield* Layer.build(NodeHttpClient.layerUndici)
+  const running = yield* start(settings, upstream, demo !== undefined).pipe(Effect.provide(client))
+  yield* Console.log(banner(running, settings, demo))
   return yield* Effect.never
 }).pipe(Effect.scoped)
 
 /** A readable line for any failure the command can end with. */
-export const describeFailure = (
-  error: CliError | ConfigError.ConfigError | Proxy.InvalidUpstream | Proxy.ServeError | CacheError.CacheError
-): string => {
+export const describeFailure = (error: CliError | StartError): string => {
   if (ConfigError.isConfigError(error)) return `bad setting: ${String(error)}`
   switch (error._tag) {
     case "CliError":
     case "InvalidUpstream":
+    case "AdminNotSecured":
       return error.message
     case "ServeError": {
       const cause = error.cause as { code?: string; message?: string } | undefined
@@ -172,6 +292,8 @@ export const describeFailure = (
         ? `cannot listen: address already in use (${cause.message ?? ""}); pick another --port`
         : `cannot listen: ${cause?.message ?? String(error.cause)}`
     }
+    case "InvalidationBusError":
+      return `invalidation bus failed: ${error.message}`
     default:
       return `backend failed: ${error.message}`
   }
@@ -188,7 +310,9 @@ export const runProxyCommand = (flags: ReadonlyMap<string, string>): Effect.Effe
     Effect.catchAll((error) =>
       Effect.as(
         Console.error(`cachekit: ${describeFailure(error)}`),
-        ConfigError.isConfigError(error) || error._tag === "InvalidUpstream" ? 2 : 1
+        ConfigError.isConfigError(error) || error._tag === "InvalidUpstream" || error._tag === "AdminNotSecured"
+          ? 2
+          : 1
       )
     )
   )

@@ -18,7 +18,7 @@ export class CliError extends Data.TaggedError("CliError")<{
   readonly message: string
 }> {}
 
-type ValueKind = "url" | "port" | "size" | "duration" | "text" | "list" | "backend" | "boolean"
+type ValueKind = "url" | "port" | "size" | "duration" | "text" | "list" | "backend" | "bus" | "boolean" | "path"
 
 export interface FlagSpec {
   /** The setting this flag sets. */
@@ -29,8 +29,20 @@ export interface FlagSpec {
   readonly help: string
 }
 
-export const BACKENDS = ["memory", "disk", "redis", "memcached", "none"] as const
+export const BACKENDS = [
+  "memory+disk",
+  "memory+redis",
+  "memory+memcached",
+  "memory",
+  "disk",
+  "redis",
+  "memcached",
+  "none"
+] as const
 export type BackendKind = typeof BACKENDS[number]
+
+export const BUSES = ["auto", "redis", "none"] as const
+export type BusKind = typeof BUSES[number]
 
 /** Flags of `cachekit proxy`, in help order. */
 export const proxyFlags: Readonly<Record<string, FlagSpec>> = {
@@ -45,8 +57,20 @@ export const proxyFlags: Readonly<Record<string, FlagSpec>> = {
   backend: {
     env: "CACHEKIT_BACKEND",
     kind: "backend",
-    placeholder: BACKENDS.join("|"),
-    help: "where entries live (default memory; none = forward only)"
+    placeholder: "KIND",
+    help: `${BACKENDS.join(", ")} (default memory+disk: a memory L1 over a disk L2; none = forward only)`
+  },
+  "l1-max-entry-size": {
+    env: "CACHEKIT_L1_MAX_ENTRY_SIZE",
+    kind: "size",
+    placeholder: "SIZE",
+    help: "largest entry the memory L1 of memory+* takes; larger ones live in L2 only (default 1MiB)"
+  },
+  bus: {
+    env: "CACHEKIT_BUS",
+    kind: "bus",
+    placeholder: BUSES.join("|"),
+    help: "invalidation bus between proxy instances (default auto: redis pub/sub with memory+redis)"
   },
   "memory-max-bytes": {
     env: "CACHEKIT_MEMORY_MAX_BYTES",
@@ -58,7 +82,7 @@ export const proxyFlags: Readonly<Record<string, FlagSpec>> = {
     env: "CACHEKIT_DISK_DIR",
     kind: "text",
     placeholder: "DIR",
-    help: "disk backend directory (default ./.cachekit)"
+    help: "disk directory (default ./.cachekit; a temp dir removed on exit when no --upstream)"
   },
   "redis-url": {
     env: "CACHEKIT_REDIS_URL",
@@ -102,6 +126,24 @@ export const proxyFlags: Readonly<Record<string, FlagSpec>> = {
     placeholder: "true|false",
     help: "remove those fields from responses (this proxy is the last CDN-like hop)"
   },
+  admin: {
+    env: "CACHEKIT_ADMIN",
+    kind: "boolean",
+    placeholder: "[true|false]",
+    help: "serve the admin API (tokens: CACHEKIT_ADMIN_TOKEN, CACHEKIT_ADMIN_READ_TOKEN)"
+  },
+  "admin-prefix": {
+    env: "CACHEKIT_ADMIN_PREFIX",
+    kind: "path",
+    placeholder: "PATH",
+    help: "where the admin API answers on the proxy port (default /_cachekit)"
+  },
+  "admin-port": {
+    env: "CACHEKIT_ADMIN_PORT",
+    kind: "port",
+    placeholder: "N",
+    help: "serve the admin API on its own port instead (0 = any; host CACHEKIT_ADMIN_HOST, default 127.0.0.1)"
+  },
   "upstream-timeout": {
     env: "CACHEKIT_UPSTREAM_TIMEOUT",
     kind: "duration",
@@ -121,6 +163,8 @@ export type Command =
   | { readonly _tag: "Help" }
   | { readonly _tag: "Version" }
   | { readonly _tag: "Proxy"; readonly settings: ReadonlyMap<string, string> }
+
+const BOOLEAN_WORDS = ["true", "yes", "on", "1", "false", "no", "off", "0"]
 
 /** Checks one value; returns the normalised setting or a message. */
 const checkValue = (spec: FlagSpec, value: string): Either.Either<string, string> => {
@@ -149,6 +193,17 @@ const checkValue = (spec: FlagSpec, value: string): Either.Either<string, string
       return (BACKENDS as ReadonlyArray<string>).includes(value)
         ? Either.right(value)
         : Either.left(`"${value}" is not one of ${BACKENDS.join(", ")}`)
+    }
+    case "bus": {
+      return (BUSES as ReadonlyArray<string>).includes(value)
+        ? Either.right(value)
+        : Either.left(`"${value}" is not one of ${BUSES.join(", ")}`)
+    }
+    case "path": {
+      return /^\/[A-Za-z0-9._~/-]*[A-Za-z0-9._~-]$/.test(value) &&
+          !value.split("/").some((s) => s === "." || s === "..")
+        ? Either.right(value)
+        : Either.left(`"${value}" is not a path such as /_cachekit`)
     }
     case "boolean": {
       const lower = value.toLowerCase()
@@ -204,6 +259,15 @@ export const parse = (argv: ReadonlyArray<string>): Either.Either<Command, CliEr
     let value: string | undefined
     if (equals !== -1) {
       value = arg.slice(equals + 1)
+    } else if (spec.kind === "boolean") {
+      // a switch: `--admin` alone means true; a following true/false word is its value
+      const next = rest[i + 1]?.toLowerCase()
+      if (next !== undefined && BOOLEAN_WORDS.includes(next)) {
+        value = next
+        i++
+      } else {
+        value = "true"
+      }
     } else {
       const next = rest[i + 1]
       if (next !== undefined && !next.startsWith("--")) {
