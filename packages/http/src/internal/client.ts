@@ -262,7 +262,7 @@ export const make = (
 
     // -- responses ------------------------------------------------------------------------------
 
-    const decorate = (headers: Policy.Headers, status: string, x: XCache): PlatformHeaders.Headers => {
+    const decorateRecord = (headers: Policy.Headers, status: string, x: XCache): Record<string, string> => {
       const out: Record<string, string> = { ...headers }
       if (options.cacheStatus) {
         const previous = headers["cache-status"]
@@ -270,8 +270,11 @@ export const make = (
         out["cache-status"] = previous === undefined ? status : `${previous}, ${status}`
       }
       if (options.xCache) out["x-cache"] = x
-      return PlatformHeaders.unsafeFromRecord(out)
+      return out
     }
+
+    const decorate = (headers: Policy.Headers, status: string, x: XCache): PlatformHeaders.Headers =>
+      PlatformHeaders.unsafeFromRecord(decorateRecord(headers, status, x))
 
     const cacheStatus = (info: Parameters<typeof Policy.cacheStatus>[1]) => Policy.cacheStatus(options.name, info)
 
@@ -706,11 +709,77 @@ export const make = (
         )
       })
 
-    return HttpClient.makeWith<never, never, HttpClientError.HttpClientError, never>(
+    // -- the synchronous hit path ------------------------------------------------------------------
+
+    /**
+     * The `Fresh` branch of `handle` without effects, for an in-process backend: the same key, the
+     * same Vary index and variant reads, the same `Policy.lookup`, the same headers. Anything else
+     * (a miss, stale, a conditional or Range request, a custom mode or bust, an `ignore-rules`
+     * entry, a 304 or HEAD answer) returns `undefined` and the caller takes `handle`.
+     */
+    const getSync = backend.unsafeGetSync
+    const syncHit: SyncLookup | undefined = getSync === undefined || options.mode !== undefined ||
+        options.bust !== undefined
+      ? undefined
+      : (method, url, headers, now) => {
+        if (method !== "GET" || bypassesCache(headers)) return undefined
+        if (headers["if-none-match"] !== undefined || headers["if-modified-since"] !== undefined) return undefined
+        const snapshot: Policy.RequestSnapshot = { method, url, headers }
+        const primary = options.key(snapshot)
+        let entry = getSync(primary, now)
+        if (entry === undefined) return undefined
+        const vary = entry.meta?.[META_VARY]
+        if (vary !== undefined) {
+          entry = getSync(variantKey(primary, entry.meta?.[META_NONCE] ?? "", vary, snapshot), now)
+          if (entry === undefined) return undefined
+        }
+        if (entry.meta?.[META_MODE] !== undefined) return undefined
+        const policy = policyOf(entry)
+        if (policy === undefined || !Policy.varyMatches(policy, snapshot)) return undefined
+        const decision = Policy.lookup(policy, snapshot, now, policyOptions, "default")
+        if (decision._tag !== "Fresh") return undefined
+        return {
+          status: policy.status,
+          headers: decorateRecord(decision.headers, cacheStatus({ hit: true, ttl: Math.round(decision.ttl) }), "HIT"),
+          body: entry.value
+        }
+      }
+
+    const cached = HttpClient.makeWith<never, never, HttpClientError.HttpClientError, never>(
       (requestEffect) => Effect.flatMap(requestEffect, handle),
       Effect.succeed
     )
+    return syncHit === undefined ? cached : Object.assign(cached, { [SyncLookupId]: syncHit })
   })
+
+// ---------------------------------------------------------------------------------------------
+// Synchronous hits (for the proxy's fast path)
+// ---------------------------------------------------------------------------------------------
+
+/** A fresh stored response, ready to write: status, headers (with Age and Cache-Status) and the whole body. */
+export interface SyncHit {
+  readonly status: number
+  readonly headers: Record<string, string>
+  readonly body: Uint8Array
+}
+
+/**
+ * Answers a GET from the cache synchronously when the stored response is fresh, else `undefined`
+ * (then send the request through the client). `url` is the absolute URL as the client would see
+ * it (`new URL(...).href`), `headers` lower-cased, `now` the `Clock` reading.
+ */
+export type SyncLookup = (
+  method: string,
+  url: string,
+  headers: Policy.Headers,
+  now: number
+) => SyncHit | undefined
+
+const SyncLookupId: unique symbol = Symbol.for("@cachekit/http/HttpClientCache/syncLookup")
+
+/** The synchronous hit path of a client made by `make`, when its backend can read synchronously. */
+export const syncLookupOf = (client: HttpClient.HttpClient): SyncLookup | undefined =>
+  (client as HttpClient.HttpClient & { readonly [SyncLookupId]?: SyncLookup })[SyncLookupId]
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

@@ -92,18 +92,21 @@ export interface Tracker {
 /** Counts requests from arrival until their response is finished or their connection is gone. */
 export const trackRequests = (server: Http.Server): Tracker => {
   const tracker: Tracker = { inFlight: 0, draining: false, responses: new Set(), onResponseClosed: undefined }
-  server.on("request", (_req: Http.IncomingMessage, res: Http.ServerResponse) => {
-    tracker.inFlight++
-    tracker.responses.add(res)
-    // While draining, every answer closes its connection so clients reconnect elsewhere.
-    if (tracker.draining) res.setHeader("connection", "close")
-    res.once("close", () => {
-      tracker.inFlight--
-      tracker.responses.delete(res)
-      tracker.onResponseClosed?.()
-    })
-  })
+  server.on("request", (_req: Http.IncomingMessage, res: Http.ServerResponse) => track(tracker, res))
   return tracker
+}
+
+/** Counts one response until it closes (the "request" listener of `trackRequests`, also called by the fast path). */
+export const track = (tracker: Tracker, res: Http.ServerResponse): void => {
+  tracker.inFlight++
+  tracker.responses.add(res)
+  // While draining, every answer closes its connection so clients reconnect elsewhere.
+  if (tracker.draining) res.setHeader("connection", "close")
+  res.once("close", () => {
+    tracker.inFlight--
+    tracker.responses.delete(res)
+    tracker.onResponseClosed?.()
+  })
 }
 
 /**
@@ -158,7 +161,7 @@ export const withUpstreamTimeout = (client: HttpClient.HttpClient, millis: numbe
     }))
 
 /** Path and query of the request target; absolute-form targets (`http://h/p?q`) keep only `/p?q`. */
-const targetPath = (url: string): string => {
+export const targetPath = (url: string): string => {
   if (url.startsWith("/")) return url
   if (URL.canParse(url)) {
     const parsed = new URL(url)
@@ -167,7 +170,25 @@ const targetPath = (url: string): string => {
   return "/"
 }
 
-const NO_BODY_STATUS = (status: number) => status === 204 || status === 304 || (status >= 100 && status < 200)
+export const NO_BODY_STATUS = (status: number) => status === 204 || status === 304 || (status >= 100 && status < 200)
+
+/** The request fields sent upstream: hop-by-hop ones out, `Via` and `X-Forwarded-*` added. */
+export const forwardHeaders = (source: Http.IncomingMessage, resolved: Resolved): Record<string, string> => {
+  const incoming = source.headers
+  const headers = stripHopByHop(incoming, REQUEST_DROP)
+  headers["via"] = appendVia(headers["via"], source.httpVersion, resolved.via)
+  const forwardedFor = appendForwardedFor(headers["x-forwarded-for"], source.socket.remoteAddress)
+  if (forwardedFor !== undefined) headers["x-forwarded-for"] = forwardedFor
+  headers["x-forwarded-proto"] = "http"
+  if (incoming.host !== undefined) headers["x-forwarded-host"] = incoming.host
+  return headers
+}
+
+/** Whether a request carries a body (chunked, or a Content-Length other than 0). */
+export const hasRequestBody = (incoming: Http.IncomingHttpHeaders): boolean => {
+  const contentLength = incoming["content-length"]
+  return incoming["transfer-encoding"] !== undefined || (contentLength !== undefined && contentLength !== "0")
+}
 
 /** The app: every request is forwarded through `client`; failures of the upstream become 502 / 504. */
 export const makeApp = (
@@ -189,16 +210,9 @@ export const makeApp = (
   return Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
     const source = NodeHttpServerRequest.toIncomingMessage(request)
     const incoming = source.headers
-    const headers = stripHopByHop(incoming, REQUEST_DROP)
-    headers["via"] = appendVia(headers["via"], source.httpVersion, resolved.via)
-    const forwardedFor = appendForwardedFor(headers["x-forwarded-for"], source.socket.remoteAddress)
-    if (forwardedFor !== undefined) headers["x-forwarded-for"] = forwardedFor
-    headers["x-forwarded-proto"] = "http"
-    if (incoming.host !== undefined) headers["x-forwarded-host"] = incoming.host
-
+    const headers = forwardHeaders(source, resolved)
     const contentLength = incoming["content-length"]
-    const hasBody = incoming["transfer-encoding"] !== undefined ||
-      (contentLength !== undefined && contentLength !== "0")
+    const hasBody = hasRequestBody(incoming)
     // The Node request is handed to the upstream client as is: it streams up with back-pressure.
     const body = hasBody
       ? HttpBody.raw(source, {

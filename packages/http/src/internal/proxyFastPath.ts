@@ -1,0 +1,86 @@
+/**
+ * The proxy's synchronous hit path: a GET whose fresh response sits in an in-process backend is
+ * answered inside Node's "request" event with one `end(bytes)`, without an Effect fiber, an
+ * `HttpClientRequest`, a response stream or an `HttpServerResponse`. Everything else (misses,
+ * stale entries, conditionals, Range, HEAD, request bodies, Set-Cookie, a backend without
+ * `unsafeGetSync`) goes on to the Effect server as before. The cache decision itself is the
+ * client's own (`syncLookupOf` in client.ts runs the same key, Vary and `Policy.lookup`).
+ *
+ * @internal
+ */
+import type { HttpClient } from "@effect/platform"
+import { Effect } from "effect"
+import type * as Http from "node:http"
+import { type SyncLookup, syncLookupOf } from "./client.js"
+import type { Resolved, Tracker } from "./proxy.js"
+import { forwardHeaders, hasRequestBody, NO_BODY_STATUS, targetPath, track } from "./proxy.js"
+import { appendVia, stripHopByHop } from "./proxyHeaders.js"
+
+/**
+ * Answers `req` from the cache if it is a fresh hit; returns false (nothing written) otherwise.
+ * `now` is the clock reading the Effect path would use.
+ */
+export const tryHit = (
+  lookup: SyncLookup,
+  resolved: Resolved,
+  upstreamBase: string,
+  tracker: Tracker,
+  now: number,
+  req: Http.IncomingMessage,
+  res: Http.ServerResponse
+): boolean => {
+  if (req.method !== "GET" || hasRequestBody(req.headers)) return false
+  const headers = forwardHeaders(req, resolved)
+  let url: string
+  try {
+    // The client keys requests by `new URL(target).href` (HttpClientRequest.make + UrlParams.makeUrl).
+    url = new URL(upstreamBase + targetPath(req.url ?? "/")).href
+  } catch {
+    return false
+  }
+  const hit = lookup("GET", url, headers, now)
+  if (hit === undefined || NO_BODY_STATUS(hit.status) || hit.headers["set-cookie"] !== undefined) return false
+  // The same rewriting as the Effect path's `toServerResponse`.
+  const out = stripHopByHop(hit.headers, resolved.stripResponseFields)
+  out["via"] = appendVia(hit.headers["via"], "1.1", resolved.via)
+  out["content-length"] = String(hit.body.byteLength)
+  track(tracker, res)
+  res.writeHead(hit.status, out)
+  res.end(hit.body)
+  return true
+}
+
+/**
+ * Puts the hit path in front of every "request" listener of `server` (the Effect server's
+ * included) when `client` is a cache over an in-process backend and tracing is off. The clock is
+ * the one in context, as for the Effect path (TestClock in tests).
+ */
+export const install = (
+  server: Http.Server,
+  tracker: Tracker,
+  client: HttpClient.HttpClient,
+  resolved: Resolved
+): Effect.Effect<void> =>
+  Effect.clockWith((clock) =>
+    Effect.sync(() => {
+      const lookup = syncLookupOf(client)
+      if (lookup === undefined || resolved.tracing) return
+      const upstreamBase = resolved.origin + resolved.basePath
+      const emit = server.emit
+      server.emit = function(this: Http.Server, event: string | symbol, ...args: Array<unknown>): boolean {
+        if (
+          event === "request" &&
+          tryHit(
+            lookup,
+            resolved,
+            upstreamBase,
+            tracker,
+            clock.unsafeCurrentTimeMillis(),
+            args[0] as Http.IncomingMessage,
+            args[1] as Http.ServerResponse
+          )
+        ) return true
+        return Reflect.apply(emit, this, [event, ...args]) as boolean
+      } as Http.Server["emit"]
+    })
+  )
