@@ -29,6 +29,7 @@ import { Config, Context, Data, Duration, Effect, Layer } from "effect"
 import * as Http from "node:http"
 import * as HttpClientCache from "./HttpClientCache.js"
 import * as internal from "./internal/proxy.js"
+import * as fastPath from "./internal/proxyFastPath.js"
 
 /** A running proxy. */
 export interface Proxy {
@@ -179,6 +180,7 @@ const makeLayer = (
         requestTimeout: 0
       })
       const tracker = internal.trackRequests(server)
+      yield* fastPath.install(server, tracker, client, resolved)
       const httpServer = yield* NodeHttpServer.make(() => server, {
         port: options.port ?? defaults.port,
         host: options.host ?? defaults.host
