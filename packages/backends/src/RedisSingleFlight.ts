@@ -10,9 +10,9 @@
  * ```
  *
  * How: the first caller takes a Redis lock (`RedisLock`, `<prefix>sf:lock{<key>}`) and computes,
- * extending the lock while it runs; on success it writes the encoded result to a short-lived
- * handoff key (`<prefix>sf:result{<key>}`, same slot as the lock) and releases the lock in one
- * script, then publishes the key on one Pub/Sub channel. Other callers wait: woken by that message,
+ * the lock extended while it runs; on success one script writes the encoded result to a short-lived
+ * handoff key (`<prefix>sf:result{<key>}`, same slot as the lock), releases the lock and publishes
+ * the key on one Pub/Sub channel. Other callers wait: woken by that message,
  * or every `pollInterval` (messages can be missed), they read the handoff key, or take the lock
  * themselves when it is free again (the holder failed, was interrupted, or died and its lock
  * expired after `lockTtl`). A caller that has waited `waitTimeout` computes by itself.

@@ -17,9 +17,14 @@ const targets = [
   { target: "Redis Cluster", options: { cluster: clusterNodes }, skip: clusterNodes.length === 0 }
 ]
 
-/** One call each, so that every connection (a cluster client opens node connections lazily) is up. */
-const warmUp = (...instances: Array<RedisSingleFlight.RedisSingleFlight>) =>
-  Effect.forEach(instances, (i) => i.wrap(`warm-up`, Effect.succeed(text("x"))), { discard: true })
+/**
+ * One call each on `key`, so that the connection to the node serving its slot is up (a cluster
+ * client opens node connections lazily; a slow first connect would make a caller arrive after the
+ * flight it should join). The handoff it leaves is never served to the test's calls: they did not
+ * see that flight.
+ */
+const warmUp = (key: string, ...instances: Array<RedisSingleFlight.RedisSingleFlight>) =>
+  Effect.forEach(instances, (i) => i.wrap(key, Effect.succeed(text("warm-up"))), { discard: true })
 
 describe.each(targets)("RedisSingleFlight on $target", ({ options, skip }) => {
   /** One "instance": its own connections, sharing the keyspace (prefix) with the others. */
@@ -39,6 +44,7 @@ describe.each(targets)("RedisSingleFlight on $target", ({ options, skip }) => {
         const a = yield* Layer.build(instanceLayer)
         const b = yield* Layer.build(instanceLayer)
         yield* warmUp(
+          "hot",
           Context.get(a, RedisSingleFlight.RedisSingleFlight),
           Context.get(b, RedisSingleFlight.RedisSingleFlight)
         )
@@ -70,7 +76,7 @@ describe.each(targets)("RedisSingleFlight on $target", ({ options, skip }) => {
         const a = yield* instance(prefix)
         const b = yield* instance(prefix)
         // the first command on a cluster node opens its connection: do that before the race
-        yield* warmUp(a, b)
+        yield* warmUp("k", a, b)
         let computes = 0
         const compute = Effect.sync(() => ++computes).pipe(Effect.delay("300 millis"), Effect.map(String))
         const calls = [a, b].flatMap((i) => Array.from({ length: 10 }, () => i.wrap("k", compute, Codec.string)))
@@ -81,12 +87,30 @@ describe.each(targets)("RedisSingleFlight on $target", ({ options, skip }) => {
   )
 
   it.scopedLive.skipIf(skip)(
+    "wakes waiters with the holder's Pub/Sub message, not only by polling",
+    () =>
+      Effect.gen(function*() {
+        const prefix = freshPrefix()
+        // polling every 10 s: only the message can end the wait in time
+        const a = yield* instance(prefix, { pollInterval: "10 seconds" })
+        const b = yield* instance(prefix, { pollInterval: "10 seconds" })
+        yield* warmUp("k", a, b)
+        const holder = yield* Effect.fork(a.wrap("k", Effect.succeed(text("from a")).pipe(Effect.delay("200 millis"))))
+        yield* Effect.sleep("50 millis")
+        const started = Date.now()
+        expect(untext(yield* b.wrap("k", Effect.succeed(text("from b"))))).toBe("from a")
+        expect(Date.now() - started).toBeLessThan(1000)
+        yield* Fiber.join(holder)
+      })
+  )
+
+  it.scopedLive.skipIf(skip)(
     "a holder that died (lock never released) is replaced by a waiter after the lock TTL",
     () =>
       Effect.gen(function*() {
         const prefix = freshPrefix()
         const b = yield* instance(prefix, { lockTtl: "400 millis" })
-        yield* warmUp(b)
+        yield* warmUp("k", b)
         // the dead instance: it took the single-flight lock of "k" and will never release or extend it
         const dead = yield* RedisLock.make({ ...options, prefix: `${prefix}sf:` })
         expect(Option.isSome(yield* dead.tryAcquire("k", "400 millis"))).toBe(true)

@@ -1,14 +1,14 @@
 import type { Codec } from "@cachekit/core"
 import { Codec as Codecs } from "@cachekit/core"
 import type { Scope } from "effect"
-import { Clock, Deferred, Duration, Effect, Exit } from "effect"
+import { Clock, Deferred, Duration, Effect, Exit, Schedule } from "effect"
 import type { Result } from "ioredis"
 import { randomUUID } from "node:crypto"
 import type { Lease } from "../RedisLock.js"
 import { LockUnavailable } from "../RedisLock.js"
 import type * as SF from "../RedisSingleFlight.js"
 import { acquireConnection, classify, messageOf } from "./redisConnection.js"
-import { keepAliveWith, makeLockOn } from "./redisLock.js"
+import { makeLockOn } from "./redisLock.js"
 
 declare module "ioredis" {
   interface RedisCommander<Context> {
@@ -28,13 +28,15 @@ declare module "ioredis" {
       ttl: string,
       acceptedTokens: string
     ): Result<[number, Buffer], Context>
-    /** Stores the handoff result and releases the lock if still held by `token`. */
+    /** Stores the handoff result, releases the lock if still held by `token`, publishes `key` on `channel`. */
     cachekitFlightFinish(
       lockKey: string,
       resultKey: string,
       token: string,
       result: Buffer,
-      resultTtl: string
+      resultTtl: string,
+      channel: string,
+      key: string
     ): Result<number, Context>
   }
 }
@@ -61,9 +63,11 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {3, ''}
 `
 
+/** Hand over the result, release the lock if still ours, and tell the waiters: one round trip. */
 const FINISH_LUA = `
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 `
 
@@ -91,7 +95,20 @@ export const makeRedisSingleFlight = (
     const lockKey = (key: string) => `${prefix}sf:lock{${key}}`
     const resultKey = (key: string) => `${prefix}sf:result{${key}}`
     const lock = makeLockOn(connection, { keyOf: lockKey, ttlMillis: lockTtlMillis })
-    const keepAlive = keepAliveWith(lock.extend)
+
+    // Leases of the computes running here, all extended by one fiber living in the layer's scope
+    // every third of the TTL (a fiber per compute would cost a fork and an interrupt per miss).
+    const held = new Set<Lease>()
+    yield* Effect.forkScoped(
+      Effect.suspend(() =>
+        Effect.forEach([...held], (lease) =>
+          Effect.flatMap(
+            Effect.orElseSucceed(lock.extend(lease), () => true),
+            // lost (expired and taken): stop extending it; the compute still finishes and hands over
+            (stillOurs) => stillOurs ? Effect.void : Effect.sync(() => held.delete(lease))
+          ), { concurrency: "unbounded", discard: true })
+      ).pipe(Effect.repeat(Schedule.spaced(Math.max(1, Math.floor(lockTtlMillis / 3)))))
+    )
 
     // waiters of this instance, woken when a holder anywhere publishes their key
     const wakers = new Map<string, Set<Deferred.Deferred<void>>>()
@@ -150,9 +167,9 @@ export const makeRedisSingleFlight = (
 
     /** Computes holding the lease: keeps it alive, hands the result over, releases, tells the others. */
     const runAsHolder = <A, E, R>(key: string, lease: Lease, compute: Effect.Effect<A, E, R>, codec: Codec.Codec<A>) =>
-      Effect.scoped(Effect.gen(function*() {
-        yield* Effect.forkScoped(keepAlive(lease))
-        const exit = yield* Effect.exit(compute)
+      Effect.gen(function*() {
+        held.add(lease)
+        const exit = yield* Effect.exit(Effect.ensuring(compute, Effect.sync(() => held.delete(lease))))
         if (Exit.isSuccess(exit)) {
           const encoded = yield* Effect.either(codec.encode(key, exit.value))
           if (encoded._tag === "Right") {
@@ -165,13 +182,18 @@ export const makeRedisSingleFlight = (
               "finish",
               key,
               () =>
-                client.cachekitFlightFinish(lease.key, resultKey(key), lease.token, payload, String(resultTtlMillis))
+                client.cachekitFlightFinish(
+                  lease.key,
+                  resultKey(key),
+                  lease.token,
+                  payload,
+                  String(resultTtlMillis),
+                  channel,
+                  key
+                )
             ))
             if (stored._tag === "Left") yield* Effect.logWarning(stored.left.message)
-            else {
-              yield* publishDone(key)
-              return exit.value
-            }
+            else return exit.value
           }
         }
         // failure, interruption or a result that could not be handed over: free the lock so a
@@ -179,7 +201,7 @@ export const makeRedisSingleFlight = (
         yield* Effect.ignore(lock.release(lease))
         yield* publishDone(key)
         return yield* exit
-      })).pipe(
+      }).pipe(
         Effect.onInterrupt(() => Effect.zipRight(Effect.ignore(lock.release(lease)), publishDone(key)))
       )
 
