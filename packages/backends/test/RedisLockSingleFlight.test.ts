@@ -87,6 +87,24 @@ describe.each(targets)("RedisSingleFlight on $target", ({ options, skip }) => {
   )
 
   it.scopedLive.skipIf(skip)(
+    "keeps the lock of a compute that runs longer than lockTtl, so nobody takes over",
+    () =>
+      Effect.gen(function*() {
+        const prefix = freshPrefix()
+        const a = yield* instance(prefix, { lockTtl: "300 millis" })
+        const b = yield* instance(prefix, { lockTtl: "300 millis" })
+        yield* warmUp("k", a, b)
+        let computes = 0
+        const slow = Effect.sync(() => text(`slow ${++computes}`)).pipe(Effect.delay("700 millis"))
+        const holder = yield* Effect.fork(a.wrap("k", slow))
+        yield* Effect.sleep("50 millis")
+        expect(untext(yield* b.wrap("k", slow))).toBe("slow 1")
+        expect(untext(yield* Fiber.join(holder))).toBe("slow 1")
+        expect(computes).toBe(1)
+      })
+  )
+
+  it.scopedLive.skipIf(skip)(
     "wakes waiters with the holder's Pub/Sub message, not only by polling",
     () =>
       Effect.gen(function*() {
