@@ -13,6 +13,8 @@ import { spawnSync } from "node:child_process"
 
 const env = {
   ...process.env,
+  // workers inherit it: the load test forces a GC before each RSS sample
+  NODE_OPTIONS: `${process.env["NODE_OPTIONS"] ?? ""} --expose-gc`.trim(),
   CACHEKIT_SOAK_REQUESTS: process.env["CACHEKIT_SOAK_REQUESTS"] ?? "20000",
   CACHEKIT_SOAK_FAULT_PHASE: process.env["CACHEKIT_SOAK_FAULT_PHASE"] ?? "2000",
   CACHEKIT_SOAK_CRASH_CYCLES: process.env["CACHEKIT_SOAK_CRASH_CYCLES"] ?? "5",
@@ -34,17 +36,12 @@ for (const [project, files] of suites) {
   const result = spawnSync(
     process.execPath,
     [
-      "--expose-gc",
       "node_modules/vitest/vitest.mjs",
       "run",
       "--project",
       project,
       "--testTimeout",
       "1800000",
-      "--pool",
-      "forks",
-      "--poolOptions.forks.execArgv",
-      "--expose-gc",
       ...files
     ],
     { stdio: "inherit", env }
