@@ -2,7 +2,7 @@ import { MemoryBackend } from "@cachekit/core"
 import { HttpServerCache } from "@cachekit/http"
 import { HttpServerResponse } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, TestClock } from "effect"
+import { Effect, Fiber, TestClock } from "effect"
 import { call, settle } from "./HttpServerCacheFixtures.js"
 
 const cacheWith = (options: HttpServerCache.Options) =>
@@ -131,5 +131,24 @@ describe("HttpServerCache over time (TestClock)", () => {
       const stale = yield* call(flaky, "/flaky")
       expect(stale.response.status).toBe(200)
       expect(stale.text).toBe("ok 1")
+    }))
+
+  it.scoped("releases requests coalesced behind a stuck miss after coalesceTimeout", () =>
+    Effect.gen(function*() {
+      const cache = yield* cacheWith({ coalesceTimeout: "30 seconds" })
+      let calls = 0
+      const app = cache.wrap(
+        Effect.suspend(() => ++calls === 1 ? Effect.never : Effect.succeed(HttpServerResponse.text(`call ${calls}`)))
+      )
+      const leader = yield* Effect.fork(call(app, "/stuck"))
+      yield* settle
+      const follower = yield* Effect.fork(call(app, "/stuck"))
+      yield* settle
+      yield* TestClock.adjust("29 seconds")
+      expect(follower.unsafePoll()).toBeNull()
+      yield* TestClock.adjust("2 seconds")
+      const released = yield* Fiber.join(follower)
+      expect(released.text).toBe("call 2")
+      yield* Fiber.interrupt(leader)
     }))
 })

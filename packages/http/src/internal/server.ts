@@ -10,7 +10,7 @@ import { Cookies, HttpBody, HttpServerRequest, HttpServerResponse } from "@effec
 import type { HttpApp } from "@effect/platform"
 import { Headers as PlatformHeaders } from "@effect/platform"
 import type { Context, Scope } from "effect"
-import { Clock, Deferred, Duration, Effect, Exit, FiberId, Metric, Option, Random, Stream } from "effect"
+import { Clock, Deferred, Duration, Effect, Exit, Fiber, FiberId, Metric, Option, Random, Stream } from "effect"
 import { createHash } from "node:crypto"
 import * as zlib from "node:zlib"
 import * as Policy from "../HttpCachePolicy.js"
@@ -969,8 +969,10 @@ export const make = (
         // -- a coalesced miss ----------------------------------------------------------------------
         const existing = inflight.get(key)
         if (existing !== undefined) {
-          const outcome = yield* Deferred.await(existing).pipe(Effect.timeoutOption(o.coalesceTimeout))
-          if (Option.isSome(outcome) && outcome.value === "stored") {
+          // No timeout per waiter: a race per follower costs more than the wait (64 followers
+          // doubled a burst's latency); the leader's one timer releases them all instead.
+          const outcome = yield* Deferred.await(existing)
+          if (outcome === "stored") {
             const t = yield* Clock.currentTimeMillis
             const stored = yield* read(key, t)
             const sm = stored === undefined ? undefined : manifestOf(stored)
@@ -1002,6 +1004,19 @@ export const make = (
         const done = Deferred.unsafeMake<Outcome>(FiberId.none)
         inflight.set(key, done)
         let settled = false
+        // Followers stop waiting after coalesceTimeout (the leader's client may never read its body).
+        const timer = yield* Effect.sleep(o.coalesceTimeout).pipe(
+          Effect.zipRight(Effect.suspend(() => {
+            if (inflight.get(key) === done) {
+              inflight.delete(key)
+            }
+            return Deferred.succeed(done, "abandoned")
+          })),
+          // The server may run the app uninterruptibly; a forked fiber inherits that and would
+          // hold the layer's scope open until its sleep ends.
+          Effect.interruptible,
+          Effect.forkIn(scope)
+        )
         const settle = (outcome: Outcome) =>
           Effect.suspend(() => {
             if (settled) {
@@ -1011,7 +1026,7 @@ export const make = (
             if (inflight.get(key) === done) {
               inflight.delete(key)
             }
-            return Deferred.succeed(done, outcome)
+            return Deferred.succeed(done, outcome).pipe(Effect.zipRight(Fiber.interruptFork(timer)))
           })
         yield* Metric.increment(m.miss)
         return yield* runApp.pipe(
@@ -1159,6 +1174,7 @@ export const make = (
           ),
           Effect.catchAllCause((cause) => Effect.logDebug("cachekit http server: background refresh failed", cause)),
           Effect.ensuring(Effect.sync(() => refreshing.delete(key))),
+          Effect.interruptible,
           Effect.forkIn(scope),
           Effect.asVoid
         )
