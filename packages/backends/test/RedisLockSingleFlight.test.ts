@@ -26,7 +26,8 @@ const targets = [
 const warmUp = (key: string, ...instances: Array<RedisSingleFlight.RedisSingleFlight>) =>
   Effect.forEach(instances, (i) => i.wrap(key, Effect.succeed(text("warm-up"))), { discard: true })
 
-describe.each(targets)("RedisSingleFlight on $target", ({ options, skip }) => {
+// independent prefixes per test, so the cases run concurrently (most of their time is waiting)
+describe.concurrent.each(targets)("RedisSingleFlight on $target", ({ options, skip }) => {
   /** One "instance": its own connections, sharing the keyspace (prefix) with the others. */
   const instance = (prefix: string, extra: Partial<RedisSingleFlight.Options> = {}) =>
     RedisSingleFlight.make({ ...options, prefix, lockTtl: "1 second", pollInterval: "50 millis", ...extra })

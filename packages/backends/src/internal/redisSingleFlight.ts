@@ -117,7 +117,7 @@ export const makeRedisSingleFlight = (
       if (waiting === undefined) return
       for (const d of waiting) Deferred.unsafeDone(d, Exit.void)
     }
-    const subscriber = yield* Effect.acquireRelease(
+    yield* Effect.acquireRelease(
       Effect.tryPromise({
         try: async () => {
           const sub = await connection.open()
@@ -129,7 +129,6 @@ export const makeRedisSingleFlight = (
       }),
       (sub) => Effect.promise(() => connection.close(sub, true))
     )
-    void subscriber
 
     const call = <A>(operation: string, key: string, f: () => Promise<A>) =>
       Effect.tryPromise({
