@@ -1,8 +1,12 @@
+import { DiskBackend } from "@cachekit/backends"
 import { CacheBackend, MemoryBackend } from "@cachekit/core"
 import { HttpServerCache } from "@cachekit/http"
 import { HttpRouter, HttpServerResponse } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option, Stream } from "effect"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { fetchRaw, serve } from "./HttpServerCacheFixtures.js"
 
 const MiB = 1024 * 1024
@@ -112,6 +116,32 @@ describe("HttpServerCache chunked storage and ranges", () => {
       expect(unsizedMiss.body.byteLength).toBe(41 * PIECE.byteLength)
       expect(unsizedHit.body.equals(unsizedMiss.body)).toBe(true)
       expect(unsizedHit.headers["cache-status"]).toContain("hit")
+      expect(calls).toBe(2)
+    }))
+
+  it.scopedLive("keeps chunked bodies on the disk backend and purges them by tag through its own index", () =>
+    Effect.gen(function*() {
+      const size = 2 * MiB + 7
+      let calls = 0
+      const app = HttpRouter.empty.pipe(
+        HttpRouter.get("/disk", Effect.sync(() => (calls++, generated(size)))),
+        HttpServerCache.middleware({ chunkSize: 256 * 1024, chunkThreshold: 512 * 1024, tags: () => ["files"] })
+      )
+      const directory = mkdtempSync(join(tmpdir(), "cachekit-server-"))
+      yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(directory, { recursive: true, force: true })))
+      const disk = DiskBackend.layer({ directory, fsync: false }).pipe(Layer.orDie)
+      const { base, cache } = yield* serve(app, {}, disk)
+      const miss = yield* fetchRaw(`${base}/disk`)
+      const hit = yield* fetchRaw(`${base}/disk`)
+      expect(hit.headers["cache-status"]).toContain("hit")
+      expect(hit.body.equals(miss.body)).toBe(true)
+      const range = yield* fetchRaw(`${base}/disk`, { range: `bytes=${size - 300000}-` })
+      expect(range.status).toBe(206)
+      expectBytes(range.body, size - 300000)
+      expect(calls).toBe(1)
+      // The manifest and its 9 chunks carry the tag.
+      expect(yield* cache.invalidateTags(["files"])).toBe(10)
+      yield* fetchRaw(`${base}/disk`)
       expect(calls).toBe(2)
     }))
 })
