@@ -93,14 +93,22 @@ const streamingWriter = (
   Effect.gen(function*() {
     // `null` marks the end of the body.
     const queue = yield* Queue.bounded<Uint8Array | null>(STREAM_QUEUE_CAPACITY)
+    // Whether the backend already took the end marker (it may fail after that, e.g. on commit).
+    let endTaken = false
     const body = Stream.fromQueue(queue).pipe(
-      Stream.takeWhile((chunk) => chunk !== null),
+      Stream.takeWhile((chunk) => {
+        if (chunk === null) endTaken = true
+        return chunk !== null
+      }),
       Stream.map((chunk) => chunk as Uint8Array)
     )
-    // When the backend fails, keep draining so the caller's writes never block on a full queue.
-    const drain: Effect.Effect<boolean> = Queue.take(queue).pipe(
-      Effect.repeat({ until: (chunk) => chunk === null }),
-      Effect.as(false)
+    // When the backend fails, keep draining so the caller's writes never block on a full queue;
+    // a failure after the end marker has nothing left to drain (waiting for another would hang).
+    const drain: Effect.Effect<boolean> = Effect.suspend(() =>
+      endTaken ? Effect.succeed(false) : Queue.take(queue).pipe(
+        Effect.repeat({ until: (chunk) => chunk === null }),
+        Effect.as(false)
+      )
     )
     const fiber = yield* streaming.setStream(key, template, body).pipe(
       Effect.as(true),
