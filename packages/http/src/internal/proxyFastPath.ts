@@ -11,7 +11,7 @@
 import type { HttpClient } from "@effect/platform"
 import { Effect } from "effect"
 import type * as Http from "node:http"
-import { type SyncLookup, syncLookupOf } from "./client.js"
+import { type SyncHit, type SyncLookup, syncLookupOf } from "./client.js"
 import type { Resolved, Tracker } from "./proxy.js"
 import { forwardHeaders, hasRequestBody, NO_BODY_STATUS, targetPath, track } from "./proxy.js"
 import { appendVia, stripHopByHop } from "./proxyHeaders.js"
@@ -38,7 +38,13 @@ export const tryHit = (
   } catch {
     return false
   }
-  const hit = lookup("GET", url, headers, now)
+  let hit: SyncHit | undefined
+  try {
+    hit = lookup("GET", url, headers, now)
+  } catch {
+    // A backend or key function that throws is the Effect path's business (it logs and treats it as a miss).
+    return false
+  }
   if (hit === undefined || NO_BODY_STATUS(hit.status) || hit.headers["set-cookie"] !== undefined) return false
   // The same rewriting as the Effect path's `toServerResponse`.
   const out = stripHopByHop(hit.headers, resolved.stripResponseFields)
