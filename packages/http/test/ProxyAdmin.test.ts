@@ -147,4 +147,27 @@ describe("cachekit proxy --admin", () => {
       yield* fetchVia(`${running.proxy.url}/_cachekit/stats`, { headers: bearer(READ_TOKEN) })
       expect(yield* origin.count("/_cachekit/stats")).toBe(1)
     }).pipe(Effect.provide(layerOrigin(itemRoutes))))
+
+  it.scopedLive("PURGE <path> on the proxy port needs the admin token, then removes the cached response", () =>
+    Effect.gen(function*() {
+      const origin = yield* OriginTag
+      const running = yield* withAdmin()
+      const url = `${running.proxy.url}/item?id=purge`
+      expect((yield* fetchVia(url)).text).toBe("purge:1")
+      versions.set("purge", 2)
+      const anonymous = yield* fetchVia(url, { method: "PURGE" })
+      expect([anonymous.status, anonymous.headers["www-authenticate"]]).toEqual([401, "Bearer"])
+      const reader = yield* fetchVia(url, { method: "PURGE", headers: bearer(READ_TOKEN) })
+      expect(reader.status).toBe(403)
+      const stillCached = yield* fetchVia(url)
+      expect([stillCached.text, stillCached.headers["cache-status"]?.includes("hit")]).toEqual(["purge:1", true])
+      expect(yield* origin.count("/item")).toBe(1) // the PURGEs never reached the origin
+
+      const purged = yield* fetchVia(url, { method: "PURGE", headers: bearer(ADMIN_TOKEN) })
+      expect(purged.status).toBe(200)
+      expect(JSON.parse(purged.text)).toEqual({ purged: 1, key: `GET ${origin.url}/item?id=purge` })
+      const next = yield* fetchVia(url)
+      expect(next.text).toBe("purge:2")
+      expect(next.headers["cache-status"]).not.toContain("hit")
+    }).pipe(Effect.provide(layerOrigin(itemRoutes))))
 })

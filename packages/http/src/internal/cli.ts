@@ -9,7 +9,7 @@ import { AdminApi, AdminAuth, AdminServer, AdminTarget, OperationLog } from "@ca
 import type { CacheError, InvalidationBus } from "@cachekit/core"
 import { CacheBackend } from "@cachekit/core"
 import type { HttpApp, HttpClient, HttpServerError } from "@effect/platform"
-import { HttpServer, HttpServerRequest } from "@effect/platform"
+import { HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpClient, NodeHttpServer } from "@effect/platform-node"
 import type { Scope } from "effect"
 import { Config, ConfigError, Console, Context, Data, Effect, Either, Layer, Option } from "effect"
@@ -17,7 +17,7 @@ import * as Proxy from "../Proxy.js"
 import type { BackendKind, BusKind, CliError } from "./cliArgs.js"
 import { BACKENDS, BUSES, configProvider } from "./cliArgs.js"
 import * as DemoOrigin from "./demoOrigin.js"
-import { durationConfig, millisConfig, portConfig } from "./proxy.js"
+import { durationConfig, millisConfig, portConfig, targetPath } from "./proxy.js"
 import * as ProxyBackends from "./proxyBackends.js"
 import { parseSize } from "./units.js"
 
@@ -104,17 +104,78 @@ const adminAuth = (host: string): Effect.Effect<AdminAuth.AdminAuth, AdminNotSec
           : Effect.succeed(auth)
     }))
 
-/** Sends requests under `prefix` to `admin`, everything else to the proxy. */
-const mountAt = (prefix: string, admin: HttpApp.Default) => {
+/** Sends requests under `prefix` to `admin` and PURGE requests to `purge`, everything else to the proxy. */
+const mountAt = (prefix: string, admin: HttpApp.Default, purge: HttpApp.Default | undefined) => {
   const base = prefix.replace(/\/+$/, "")
   return (app: HttpApp.Default): HttpApp.Default =>
     Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+      if (purge !== undefined && isPurge(request)) return purge
       const url = request.url
       if (url.charCodeAt(1) !== base.charCodeAt(1)) return app // most proxied paths leave here
       const queryAt = url.indexOf("?")
       const path = queryAt === -1 ? url : url.slice(0, queryAt)
       return path === base || path.startsWith(base + "/") ? admin : app
     })
+}
+
+const NO_STORE = { "cache-control": "no-store" }
+
+/** PURGE is no `HttpMethod` of the platform's, but Node parses it and the request carries it as is. */
+const isPurge = (request: HttpServerRequest.HttpServerRequest): boolean => {
+  const method: string = request.method
+  return method === "PURGE"
+}
+
+/**
+ * `PURGE <path>` on the proxy port (with `--admin`): removes the cached GET and HEAD responses of
+ * that path from every tier (and, with a bus, every instance's L1). Needs the admin token, like
+ * `/invalidate`; the answer is `{ purged, key }`. Keys are built the way the cache builds them: the
+ * method, a space, the upstream URL the proxy would fetch.
+ */
+const purgeApp = (
+  upstream: string,
+  auth: AdminAuth.AdminAuth,
+  target: AdminTarget.AdminTarget,
+  log: OperationLog.OperationLog
+): HttpApp.Default => {
+  const parsed = new URL(upstream)
+  const upstreamBase = parsed.origin + parsed.pathname.replace(/\/+$/, "")
+  return Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const started = performance.now()
+    const role = auth.authenticate(request.headers["authorization"], Option.getOrUndefined(request.remoteAddress))
+    if (role !== "admin") {
+      const status = role === undefined ? 401 : 403
+      yield* log.log({
+        op: "proxy.purge",
+        outcome: role === undefined ? "unauthorized" : "forbidden",
+        durationMillis: performance.now() - started,
+        mutating: true,
+        status
+      })
+      return HttpServerResponse.text(
+        role === undefined
+          ? "PURGE needs the admin token (Authorization: Bearer ...)\n"
+          : "PURGE needs the admin role\n",
+        { status, headers: role === undefined ? { ...NO_STORE, "www-authenticate": "Bearer" } : NO_STORE }
+      )
+    }
+    const url = new URL(upstreamBase + targetPath(request.url)).href
+    const keys = [`GET ${url}`, `HEAD ${url}`]
+    const purged = yield* Effect.either(target.invalidateKeys(keys))
+    yield* log.log({
+      op: "proxy.purge",
+      outcome: purged._tag === "Right" ? "ok" : "error",
+      durationMillis: performance.now() - started,
+      mutating: true,
+      keys,
+      role,
+      ...(purged._tag === "Right" ? { count: purged.right } : { detail: purged.left.message })
+    })
+    return purged._tag === "Right"
+      ? HttpServerResponse.unsafeJson({ purged: purged.right, key: keys[0] }, { headers: NO_STORE })
+      : HttpServerResponse.text(`PURGE failed: ${purged.left.message}\n`, { status: 503, headers: NO_STORE })
+  })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -174,8 +235,11 @@ export const start = (
     )
     let mount: ((app: HttpApp.Default) => HttpApp.Default) | undefined
     let adminUrl: ((proxy: Proxy.Proxy) => string) | undefined
-    if (adminServices !== undefined) {
+    if (auth !== undefined && adminServices !== undefined) {
       const prefix = settings.adminPrefix
+      const purge = settings.backend === "none"
+        ? undefined
+        : purgeApp(upstream, auth, cache.adminTarget, Context.get(adminServices, OperationLog.OperationLogTag))
       if (Option.isSome(settings.adminPort)) {
         const server = yield* Layer.build(
           AdminServer.layer({ port: settings.adminPort.value, host: adminHost, prefix }).pipe(
@@ -186,11 +250,15 @@ export const start = (
         const port = address._tag === "TcpAddress" ? address.port : 0
         const host = adminHost.includes(":") ? `[${adminHost}]` : adminHost
         adminUrl = () => `http://${host}:${port}${prefix}`
+        if (purge !== undefined) {
+          mount = (app) =>
+            Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => isPurge(request) ? purge : app)
+        }
       } else {
         // The proxy's server provides no platform services; the admin app needs them.
         const platform = yield* Layer.build(NodeHttpServer.layerContext)
         const admin = yield* AdminApi.makeApp({ prefix }).pipe(Effect.provide(adminServices))
-        mount = mountAt(prefix, Effect.provide(admin, platform))
+        mount = mountAt(prefix, Effect.provide(admin, platform), purge)
         adminUrl = (proxy) => `${proxy.url}${prefix}`
       }
     }
