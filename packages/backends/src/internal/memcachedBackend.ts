@@ -1,10 +1,11 @@
 import type { CacheBackend as CB } from "@cachekit/core"
 import { CacheBackend, CacheEntry, CacheError } from "@cachekit/core"
-import { Clock, Effect, Either, Option } from "effect"
+import { Clock, Effect, Either } from "effect"
 import type { Scope } from "effect"
 import memjs from "memjs"
 import { createHash } from "node:crypto"
 import * as HashRing from "./hashRing.js"
+import { encodeWithin, readStored } from "./wireEntry.js"
 
 export interface ResolvedOptions {
   readonly servers: ReadonlyArray<string>
@@ -96,35 +97,22 @@ export const makeMemcachedBackend = (
       Effect.gen(function*() {
         const { server, stored } = yield* locate(key)
         const { value } = yield* call(server, "get", () => server.client.get(stored))
-        if (value === null) return Option.none()
-        const decoded = CacheEntry.decodeEither(key, value)
-        if (Either.isLeft(decoded)) {
-          yield* call(server, "delete undecodable", () => server.client.delete(stored))
-          return Option.none()
-        }
-        const now = yield* Clock.currentTimeMillis
-        // memcached expires in whole seconds; the entry's own time is exact
-        return CacheEntry.isServable(decoded.right, now) ? Option.some(decoded.right) : Option.none()
+        // memcached expires in whole seconds; the entry's own time (checked by readStored) is exact
+        return yield* readStored(key, value, call(server, "delete undecodable", () => server.client.delete(stored)))
       })
 
     const set = (key: string, entry: CacheEntry.CacheEntry) =>
       Effect.gen(function*() {
         const { server, stored } = yield* locate(key)
-        const bytes = CacheEntry.encode(entry)
-        if (bytes.byteLength > options.maxEntrySize) {
-          return yield* Effect.fail(
-            new CacheError.EntryTooLarge({
-              key,
-              size: bytes.byteLength,
-              maxSize: options.maxEntrySize,
-              message:
-                `entry "${key}" encodes to ${bytes.byteLength} bytes, over the memcached backend's limit of ${options.maxEntrySize}; raise maxEntrySize and the server's -I item size`
-            })
-          )
-        }
+        const value = yield* encodeWithin(
+          key,
+          entry,
+          options.maxEntrySize,
+          "the memcached backend's",
+          "raise maxEntrySize and the server's -I item size"
+        )
         const now = yield* Clock.currentTimeMillis
         const expires = expiration(CacheEntry.retainMillis(entry, now), now)
-        const value = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
         const ok = yield* call(server, "set", () => server.client.set(stored, value, { expires }))
         if (!ok) {
           return yield* Effect.fail(

@@ -1,11 +1,12 @@
 import type { CacheBackend as CB } from "@cachekit/core"
 import { CacheBackend, CacheEntry, CacheError } from "@cachekit/core"
-import { Clock, Effect, Either, Option } from "effect"
-import type { Scope } from "effect"
+import { Clock, Effect, Either } from "effect"
+import type { Option, Scope } from "effect"
 import type { Cluster, Redis } from "ioredis"
 import type { Result } from "ioredis"
 import type { ResolvedOptions } from "../RedisBackend.js"
 import { groupByNode, makeClient, scanTargets } from "./redisCluster.js"
+import { encodeWithin, readStored } from "./wireEntry.js"
 
 declare module "ioredis" {
   interface RedisCommander<Context> {
@@ -253,35 +254,15 @@ export const makeRedisBackend = (
       Effect.gen(function*() {
         yield* validate(key)
         const bytes = yield* call("get", () => client.getBuffer(entryKey(key)))
-        if (bytes === null) return Option.none()
-        const decoded = CacheEntry.decodeEither(key, bytes)
-        if (Either.isLeft(decoded)) {
-          // an undecodable entry (corrupted, another format version) is removed and is a miss
-          yield* removeKeys([key], "delete undecodable")
-          return Option.none()
-        }
-        const now = yield* Clock.currentTimeMillis
-        return CacheEntry.isServable(decoded.right, now) ? Option.some(decoded.right) : Option.none()
+        return yield* readStored(key, bytes, removeKeys([key], "delete undecodable"))
       })
 
     const set = (key: string, entry: CacheEntry.CacheEntry): Effect.Effect<void, CacheError.CacheError> =>
       Effect.gen(function*() {
         yield* validate(key)
-        const bytes = CacheEntry.encode(entry)
-        if (bytes.byteLength > options.maxEntrySize) {
-          return yield* Effect.fail(
-            new CacheError.EntryTooLarge({
-              key,
-              size: bytes.byteLength,
-              maxSize: options.maxEntrySize,
-              message:
-                `entry "${key}" encodes to ${bytes.byteLength} bytes, over the Redis backend's limit of ${options.maxEntrySize}; raise maxEntrySize`
-            })
-          )
-        }
+        const value = yield* encodeWithin(key, entry, options.maxEntrySize, "the Redis backend's", "raise maxEntrySize")
         const now = yield* Clock.currentTimeMillis
         const ttl = CacheEntry.retainMillis(entry, now)
-        const value = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
         const tags = [...new Set(entry.tags)]
         // Entry and links in one script (one round trip, atomic, both in the entry's hash slot); tag
         // sets live in other slots and are updated in a second pipeline, only when tags are involved.
