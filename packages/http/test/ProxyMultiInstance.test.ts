@@ -102,7 +102,7 @@ const proxyProcess = (upstream: string, redisUrl: string) =>
 
 describe.skipIf(!hasRedis)("two cachekit proxy processes on one Redis", () => {
   it.scopedLive(
-    "an invalidate through instance A's admin API reaches instance B's memory L1 within 100 ms",
+    "an invalidate (admin API, then PURGE) through instance A reaches instance B's memory L1 within 100 ms",
     () =>
       Effect.gen(function*() {
         const origin = yield* OriginTag
@@ -166,6 +166,32 @@ describe.skipIf(!hasRedis)("two cachekit proxy processes on one Redis", () => {
         expect(atA.text).toBe("multi:2")
         expect(atA.headers["cache-status"]).toContain("hit")
         expect((yield* origin.count("/item")) - originBefore).toBe(2)
+
+        // (b) the same through a PURGE on A's proxy port
+        const purgePath = "/item?id=purge-multi"
+        yield* fetchVia(a.url + purgePath)
+        yield* fetchVia(b.url + purgePath)
+        yield* Effect.sleep("50 millis")
+        expect((yield* fetchVia(b.url + purgePath)).headers["cache-status"]).toContain("hit")
+        const purgeKey = `GET ${origin.url}${purgePath}`
+        const purgeEntryAtB = yield* fetchVia(`${b.adminUrl}/entries/${encodeURIComponent(purgeKey)}`, {
+          headers: { authorization: `Bearer ${ADMIN_TOKEN}` }
+        })
+        expect(JSON.parse(purgeEntryAtB.text)).toMatchObject({ tier: "memory" })
+        versions.set("purge-multi", 2)
+        const purged = yield* fetchVia(a.url + purgePath, {
+          method: "PURGE",
+          headers: { authorization: `Bearer ${ADMIN_TOKEN}` }
+        })
+        expect(purged.status).toBe(200)
+        const purgedAt = performance.now()
+        let purgeSeenAt: number | undefined
+        while (purgeSeenAt === undefined && performance.now() - purgedAt < 1000) {
+          const sentAt = performance.now() - purgedAt
+          if ((yield* fetchVia(b.url + purgePath)).text === "purge-multi:2") purgeSeenAt = sentAt
+        }
+        expect(purgeSeenAt).toBeDefined()
+        expect(purgeSeenAt!).toBeLessThanOrEqual(100)
       }).pipe(Effect.provide(layerOrigin(itemRoutes))),
     90_000
   )
