@@ -309,8 +309,13 @@ const main = async () => {
   // round-robin, `rounds` times, and keeps each proxy's best round, so all of them get a fair slot.
   const rounds = Number(process.env["BENCH_ROUNDS"] ?? "3")
   const cells: Array<{ body: string; connections: number; results: Array<Cell> }> = []
+  // BENCH_BODIES=1m / BENCH_CONNS=64 run some cells only (iterating; the README table needs them all).
+  const bodies = process.env["BENCH_BODIES"]?.split(",")
+  const conns = process.env["BENCH_CONNS"]?.split(",").map(Number)
   for (const [path, body] of [["/1k", "1 KiB"], ["/1m", "1 MiB"]] as const) {
+    if (bodies !== undefined && !bodies.includes(path.slice(1))) continue
     for (const connections of [1, 64]) {
+      if (conns !== undefined && !conns.includes(connections)) continue
       for (const proxy of proxies) await warm(proxy, path, connections)
       const best: Array<Cell | undefined> = proxies.map(() => undefined)
       for (let round = 0; round < rounds; round++) {
