@@ -3,7 +3,9 @@
  * with the admin package's token rules.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Either } from "effect"
+import { runProxyCommand } from "../src/internal/cli.js"
+import { parse } from "../src/internal/cliArgs.js"
 import { fetchVia, layerOrigin, OriginTag } from "./fixtures/proxyOrigin.js"
 import { itemRoutes, startProxy, tempDir, versions } from "./fixtures/proxyRun.js"
 
@@ -35,6 +37,38 @@ const stats = (adminUrl: string) =>
   })
 
 describe("cachekit proxy --admin", () => {
+  it("parses --admin as a switch, with an optional true/false, and checks --admin-prefix and --admin-port", () => {
+    const settings = (argv: ReadonlyArray<string>) => {
+      const command = parse(["proxy", ...argv])
+      return Either.isRight(command) && command.right._tag === "Proxy" ? Object.fromEntries(command.right.settings) : {}
+    }
+    expect(settings(["--admin", "--port", "0"])).toEqual({ CACHEKIT_ADMIN: "true", CACHEKIT_PORT: "0" })
+    expect(settings(["--admin", "false"])).toEqual({ CACHEKIT_ADMIN: "false" })
+    expect(settings(["--admin=yes", "--admin-port", "9464", "--admin-prefix", "/ops/cache"])).toEqual({
+      CACHEKIT_ADMIN: "true",
+      CACHEKIT_ADMIN_PORT: "9464",
+      CACHEKIT_ADMIN_PREFIX: "/ops/cache"
+    })
+    const badPrefix = parse(["proxy", "--admin-prefix", "/../x"])
+    expect(Either.isLeft(badPrefix) && badPrefix.left.flag).toBe("admin-prefix")
+    const badPort = parse(["proxy", "--admin-port", "http"])
+    expect(Either.isLeft(badPort) && badPort.left.flag).toBe("admin-port")
+  })
+
+  it.live("the command exits 2 before listening when --admin has no token", () =>
+    Effect.gen(function*() {
+      const code = yield* runProxyCommand(
+        new Map([
+          ["CACHEKIT_UPSTREAM", "http://127.0.0.1:9"],
+          ["CACHEKIT_BACKEND", "memory"],
+          ["CACHEKIT_PORT", "0"],
+          ["CACHEKIT_ADMIN", "true"],
+          ["CACHEKIT_ADMIN_TOKEN", ""]
+        ])
+      )
+      expect(code).toBe(2)
+    }))
+
   it.scopedLive("refuses to start without a token, with a typed error that says what to set", () =>
     Effect.gen(function*() {
       const origin = yield* OriginTag
