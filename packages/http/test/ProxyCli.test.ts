@@ -56,7 +56,9 @@ describe("cachekit flags", () => {
     const badPort = parse(["proxy", "--port", "70000"])
     expect(Either.isLeft(badPort) && [badPort.left.reason, badPort.left.flag]).toEqual(["InvalidValue", "port"])
     const badBackend = parse(["proxy", "--backend", "floppy"])
-    expect(Either.isLeft(badBackend) && badBackend.left.message).toContain("memory+disk, memory+redis, memory+memcached, memory, disk, redis, memcached, none")
+    expect(Either.isLeft(badBackend) && badBackend.left.message).toContain(
+      "memory+disk, memory+redis, memory+memcached, memory, disk, redis, memcached, none"
+    )
     const badSize = parse(["proxy", "--max-body-size", "lots"])
     expect(Either.isLeft(badSize) && badSize.left.flag).toBe("max-body-size")
     expect(Either.isLeft(parse(["serve"]))).toBe(true)
