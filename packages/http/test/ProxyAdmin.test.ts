@@ -180,6 +180,13 @@ describe("cachekit proxy --admin", () => {
       expect((yield* fetchVia(`${running.adminUrl}/stats`, { headers: bearer(READ_TOKEN) })).status).toBe(200)
       yield* fetchVia(`${running.proxy.url}/_cachekit/stats`, { headers: bearer(READ_TOKEN) })
       expect(yield* origin.count("/_cachekit/stats")).toBe(1)
+      // PURGE still answers on the proxy port
+      yield* fetchVia(`${running.proxy.url}/item?id=port`)
+      const purged = yield* fetchVia(`${running.proxy.url}/item?id=port`, {
+        method: "PURGE",
+        headers: bearer(ADMIN_TOKEN)
+      })
+      expect(JSON.parse(purged.text)).toMatchObject({ purged: 1 })
     }).pipe(Effect.provide(layerOrigin(itemRoutes))))
 
   it.scopedLive("PURGE <path> on the proxy port needs the admin token, then removes the cached response", () =>
