@@ -16,18 +16,12 @@
 import type { CacheBackend, CacheError } from "@cachekit/core"
 import { CacheBackend as Backend } from "@cachekit/core"
 import type { ConfigError, Scope } from "effect"
-import { Config, Duration, Effect, Layer, Option, Redacted } from "effect"
+import { Config, Duration, Effect, Layer, Option } from "effect"
 import { makeRedisBackend } from "./internal/redisBackend.js"
+import { passwordOf, type ServerOptions } from "./internal/redisConnection.js"
 
 /** Options of the Redis backend. */
-export interface Options {
-  /** `redis://[user:password@]host:port[/db]` or `rediss://...`; wins over host/port. */
-  readonly url?: string | undefined
-  readonly host?: string | undefined
-  readonly port?: number | undefined
-  readonly db?: number | undefined
-  readonly username?: string | undefined
-  readonly password?: Redacted.Redacted<string> | string | undefined
+export interface Options extends ServerOptions {
   /** Namespace of every key this backend writes (no `{` or `}`); `clear` stays inside it. Default `cachekit:`. */
   readonly prefix?: string | undefined
   /** A command not answered within this fails with `BackendTimeout`. Default 1 second. */
@@ -140,11 +134,7 @@ const resolve = (options: Options): ResolvedOptions => {
     port,
     db: options.db,
     username: options.username,
-    password: options.password === undefined
-      ? undefined
-      : typeof options.password === "string"
-      ? options.password
-      : Redacted.value(options.password),
+    password: passwordOf(options.password),
     prefix: options.prefix ?? "cachekit:",
     commandTimeoutMillis: Duration.toMillis(options.commandTimeout ?? Duration.seconds(1)),
     connectTimeoutMillis: Duration.toMillis(options.connectTimeout ?? Duration.seconds(2)),

@@ -17,17 +17,12 @@
  */
 import { InvalidationBus as Bus } from "@cachekit/core"
 import type { Scope } from "effect"
-import { Duration, Effect, Either, Layer, Queue, Redacted, Runtime, Stream } from "effect"
+import { Duration, Effect, Either, Layer, Queue, Runtime, Stream } from "effect"
 import { Redis, type RedisOptions } from "ioredis"
+import { authOptions, type ServerOptions } from "./internal/redisConnection.js"
 
-export interface Options {
-  /** `redis://[user:password@]host:port[/db]`; wins over host/port. */
-  readonly url?: string | undefined
-  readonly host?: string | undefined
-  readonly port?: number | undefined
-  readonly db?: number | undefined
-  readonly username?: string | undefined
-  readonly password?: Redacted.Redacted<string> | string | undefined
+/** Where to connect (`url`, or `host`/`port`; `db`, `username`, `password`) and how the bus behaves. */
+export interface Options extends ServerOptions {
   /** The Pub/Sub channel every instance of one cache shares. Default `cachekit:invalidation`. */
   readonly channel?: string | undefined
   /** This instance's id (default: a random UUID). */
@@ -74,11 +69,7 @@ export const make = (
       autoResubscribe: false,
       connectTimeout: Duration.toMillis(options.connectTimeout ?? "2 seconds"),
       retryStrategy: (times: number) => Math.min(50 * times, 1000),
-      ...(options.db === undefined ? {} : { db: options.db }),
-      ...(options.username === undefined ? {} : { username: options.username }),
-      ...(options.password === undefined
-        ? {}
-        : { password: typeof options.password === "string" ? options.password : Redacted.value(options.password) })
+      ...authOptions(options)
     }
     const runtime = yield* Effect.runtime<never>()
     const logError = (role: string) => (error: Error) =>

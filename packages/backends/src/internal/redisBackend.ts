@@ -6,6 +6,7 @@ import type { Cluster, Redis } from "ioredis"
 import type { Result } from "ioredis"
 import type { ResolvedOptions } from "../RedisBackend.js"
 import { groupByNode, makeClient, scanTargets } from "./redisCluster.js"
+import { authOptions } from "./redisConnection.js"
 import { encodeWithin, readStored } from "./wireEntry.js"
 
 declare module "ioredis" {
@@ -126,9 +127,7 @@ export const makeRedisBackend = (
             connectTimeout: options.connectTimeoutMillis,
             // keep reconnecting in the background; operations fail typed until it is back
             retryStrategy: (times: number) => Math.min(50 * times, 1000),
-            ...(options.db === undefined ? {} : { db: options.db }),
-            ...(options.username === undefined ? {} : { username: options.username }),
-            ...(options.password === undefined ? {} : { password: options.password })
+            ...authOptions(options)
           }
           const c = makeClient({
             host: options.host,

@@ -7,15 +7,33 @@ import { Duration, Effect, Redacted } from "effect"
 import type { Cluster, Redis, RedisOptions } from "ioredis"
 import { makeClient } from "./redisCluster.js"
 
-/** Where and how to connect (the same fields as `RedisBackend.Options`). */
-export interface ConnectionOptions {
-  /** `redis://[user:password@]host:port[/db]`; wins over host/port. */
+/** Which Redis server, which database and as whom: the fields every Redis service's options share. */
+export interface ServerOptions {
+  /** `redis://[user:password@]host:port[/db]` or `rediss://...`; wins over host/port. */
   readonly url?: string | undefined
   readonly host?: string | undefined
   readonly port?: number | undefined
   readonly db?: number | undefined
   readonly username?: string | undefined
   readonly password?: Redacted.Redacted<string> | string | undefined
+}
+
+/** The password in clear, as ioredis wants it. */
+export const passwordOf = (password: Redacted.Redacted<string> | string | undefined): string | undefined =>
+  password === undefined || typeof password === "string" ? password : Redacted.value(password)
+
+/** `db`, `username` and `password` as ioredis options; the ones not given are left out. */
+export const authOptions = (options: ServerOptions): Pick<RedisOptions, "db" | "username" | "password"> => {
+  const password = passwordOf(options.password)
+  return {
+    ...(options.db === undefined ? {} : { db: options.db }),
+    ...(options.username === undefined ? {} : { username: options.username }),
+    ...(password === undefined ? {} : { password })
+  }
+}
+
+/** Where and how to connect (the same fields as `RedisBackend.Options`). */
+export interface ConnectionOptions extends ServerOptions {
   /** Redis Cluster seed nodes; when given, a `Cluster` client is used and url/host/port/db are ignored. */
   readonly cluster?: ReadonlyArray<{ readonly host: string; readonly port: number }> | undefined
   /** Connecting longer than this fails. Default 2 seconds. */
@@ -58,12 +76,8 @@ export const acquireConnection = (options: ConnectionOptions): Effect.Effect<Con
       autoResendUnfulfilledCommands: false,
       connectTimeout: connectTimeoutMillis,
       ...(timeout > 0 ? { commandTimeout: timeout } : {}),
-      ...(options.db === undefined ? {} : { db: options.db }),
       ...(options.connectionName === undefined ? {} : { connectionName: options.connectionName }),
-      ...(options.username === undefined ? {} : { username: options.username }),
-      ...(options.password === undefined
-        ? {}
-        : { password: typeof options.password === "string" ? options.password : Redacted.value(options.password) })
+      ...authOptions(options)
     }
     let lastError: unknown = undefined
     const client = makeClient({
