@@ -33,6 +33,7 @@ const fuzzOrigin = Effect.acquireRelease(
         }
       }
       res.setHeader("x-auth-seen", String(req.headers["authorization"] ?? "-"))
+      res.setHeader("x-user", "per-user-value")
       res.end(`fuzz-body ${req.url} auth=${String(req.headers["authorization"] ?? "-")}`)
     })
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
@@ -127,7 +128,12 @@ const directiveNames = (value: string | undefined): Array<string> =>
 /** Whether a shared cache must not reuse this response for a plain request from another user. */
 const mustNotReuse = (res: ResponseFields, authorized: boolean): boolean => {
   const names = [...directiveNames(res.cacheControl), ...directiveNames(res.secondCacheControl)]
-  if (names.includes("no-store") || names.includes("private")) return true
+  // RFC 9111 §5.2.2.3: a cache that understands the status code (200 here) ignores no-store when
+  // must-understand is present
+  if (names.includes("no-store") && !names.includes("must-understand")) return true
+  // bare private only: private="x-user" lets a shared cache store the rest (§5.2.2.7), checked below
+  const directives = [res.cacheControl ?? "", res.secondCacheControl ?? ""].join(",").split(",")
+  if (directives.some((d) => d.trim().toLowerCase() === "private")) return true
   if ((res.vary ?? "").split(",").some((v) => v.trim() === "*")) return true
   // RFC 9111 §3.5: a response to an authorized request is shared only with public, s-maxage or must-revalidate
   if (authorized && !names.some((n) => n === "public" || n === "s-maxage" || n === "must-revalidate")) return true
@@ -206,6 +212,11 @@ describe("bad input through the caching proxy", () => {
                   throw new Error(
                     `reused what must not be (${cs}): ${JSON.stringify(fieldsOf(res))} ${JSON.stringify(req)}`
                   )
+                }
+                // §5.2.2.7 qualified private: the named field is not stored for others
+                const privateFields = [res.cacheControl ?? "", res.secondCacheControl ?? ""].join(",")
+                if (/private\s*=\s*"?[^,]*x-user/i.test(privateFields) && second.headers["x-user"] !== undefined) {
+                  throw new Error(`hit carries a private field (${cs}): ${JSON.stringify(fieldsOf(res))}`)
                 }
                 if (secondBody !== whole && secondBody !== `fuzz-body ${path} auth=-`) {
                   throw new Error(`hit with a foreign body: ${secondBody}`)
