@@ -118,6 +118,15 @@ describe("cachekit proxy tiers", () => {
       expect([...bytes].reduce((n, c) => n + c.byteLength, 0)).toBe(8 * 1024)
     }).pipe(Effect.provide(layerOrigin(itemRoutes))))
 
+  it.scopedLive("refuses --bus redis over a disk L2 (per machine, nothing to keep coherent)", () =>
+    Effect.gen(function*() {
+      const origin = yield* OriginTag
+      const error = yield* Effect.flip(
+        startProxy(origin.url, { CACHEKIT_DISK_DIR: yield* tempDir, CACHEKIT_BUS: "redis" })
+      )
+      expect(String(error)).toContain("--bus redis needs a shared L2")
+    }).pipe(Effect.provide(layerOrigin(itemRoutes))))
+
   it.scopedLive("--backend memory is one memory tier (no disk)", () =>
     Effect.gen(function*() {
       const origin = yield* OriginTag

@@ -17,8 +17,8 @@ import { AdminTarget } from "@cachekit/admin"
 import { DiskBackend, MemcachedBackend, RedisBackend, RedisInvalidationBus } from "@cachekit/backends"
 import type { CacheBackend, CacheEntry, CacheError, InvalidationBus } from "@cachekit/core"
 import { MemoryBackend, TieredCache } from "@cachekit/core"
-import type { ConfigError, Scope } from "effect"
-import { Chunk, Config, Effect, Option, Stream } from "effect"
+import type { Scope } from "effect"
+import { Chunk, Config, ConfigError, Effect, Option, Stream } from "effect"
 import { mkdtemp, rm } from "node:fs/promises"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
@@ -216,6 +216,16 @@ export const make = (
       case "memory+disk":
       case "memory+redis":
       case "memory+memcached": {
+        // A bus only makes sense over a shared L2: disk is per machine (and its streamed writes bypass
+        // the tiers' broadcast).
+        if (settings.bus === "redis" && settings.backend === "memory+disk") {
+          return yield* Effect.fail(
+            ConfigError.InvalidData(
+              ["CACHEKIT_BUS"],
+              "--bus redis needs a shared L2 (memory+redis or memory+memcached); a disk L2 is per machine"
+            )
+          )
+        }
         const l1 = yield* memoryNamed("memory", memoryBytes)
         let l2: CacheBackend.CacheBackend
         let l2Description: string
@@ -230,7 +240,6 @@ export const make = (
           l2 = yield* Effect.flatMap(MemcachedBackend.config, MemcachedBackend.make)
           l2Description = "memcached"
         }
-        // A bus only makes sense over a shared L2: disk is per machine.
         const useBus = settings.bus === "redis" ||
           (settings.bus === "auto" && settings.backend === "memory+redis")
         const bus = useBus
