@@ -27,7 +27,8 @@ const suites: Array<[project: string, files: Array<string>]> =
     : [
       ["@cachekit/http", ["test/reliability/"]],
       ["@cachekit/backends", ["test/reliability/"]],
-      ["@cachekit/admin", ["test/reliability/"]]
+      ["@cachekit/admin", ["test/reliability/"]],
+      ["@cachekit/core", ["test/reliability/"]]
     ]
 
 let failed = 0
