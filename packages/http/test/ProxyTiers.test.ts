@@ -6,9 +6,11 @@ import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Effect, Option, Stream } from "effect"
 import { createHash } from "node:crypto"
 import { existsSync } from "node:fs"
+
+const hasMemcached = existsSync("/usr/bin/memcached") || process.env["CACHEKIT_REQUIRE_SERVERS"] === "1"
 import { settingsConfig } from "../src/internal/cli.js"
 import { bigBodySha256, fetchVia, layerOrigin, OriginTag } from "./fixtures/proxyOrigin.js"
-import { itemRoutes, startProxy, tempDir } from "./fixtures/proxyRun.js"
+import { itemRoutes, memcachedServer, startProxy, tempDir } from "./fixtures/proxyRun.js"
 
 const tierStats = (running: Effect.Effect.Success<ReturnType<typeof startProxy>>) =>
   Effect.gen(function*() {
@@ -126,6 +128,28 @@ describe("cachekit proxy tiers", () => {
       )
       expect(String(error)).toContain("--bus redis needs a shared L2")
     }).pipe(Effect.provide(layerOrigin(itemRoutes))))
+
+  it.scopedLive.skipIf(!hasMemcached)(
+    "memory+memcached: a body from Memcached after L1 lost it",
+    () =>
+      Effect.gen(function*() {
+        const origin = yield* OriginTag
+        const servers = yield* memcachedServer
+        const running = yield* startProxy(origin.url, {
+          CACHEKIT_BACKEND: "memory+memcached",
+          CACHEKIT_MEMCACHED_SERVERS: servers
+        })
+        expect(running.cache.description).toContain("+ memcached")
+        expect(running.cache.description).not.toContain("bus")
+        yield* fetchVia(`${running.proxy.url}/item?id=mc`)
+        yield* running.cache.tiered!.clearLocal
+        const hit = yield* fetchVia(`${running.proxy.url}/item?id=mc`)
+        expect([hit.text, hit.headers["cache-status"]?.includes("hit")]).toEqual(["mc:1", true])
+        const [l1, l2] = yield* tierStats(running)
+        expect([l1!.hits, l2!.name, l2!.hits]).toEqual([0, "memcached", 1])
+        expect(yield* origin.count("/item")).toBe(1)
+      }).pipe(Effect.provide(layerOrigin(itemRoutes)))
+  )
 
   it.scopedLive("--backend memory is one memory tier (no disk)", () =>
     Effect.gen(function*() {
