@@ -9,6 +9,7 @@ import * as fs from "node:fs/promises"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
+import { killProcess, redisServerArgs, waitForPort } from "./servers.js"
 
 export interface ClusterNode {
   readonly host: string
@@ -53,16 +54,6 @@ const freeNodePort = async (taken: Set<number>): Promise<number> => {
   throw new Error("no free port pair for a cluster node")
 }
 
-const canConnect = (port: number): Promise<boolean> =>
-  new Promise((resolve) => {
-    const socket = net.connect({ host: "127.0.0.1", port })
-    socket.once("connect", () => {
-      socket.destroy()
-      resolve(true)
-    })
-    socket.once("error", () => resolve(false))
-  })
-
 const sleep = (millis: number) => new Promise((r) => setTimeout(r, millis))
 
 const waitUntil = async (what: string, check: () => Promise<boolean>, timeoutMillis: number) => {
@@ -82,49 +73,30 @@ export const startRedisCluster = async (): Promise<RedisClusterProcess> => {
   for (let i = 0; i < 6; i++) ports.push(await freeNodePort(taken))
   const children: Array<ChildProcess> = []
   const stop = async () => {
-    await Promise.all(children.map((child) =>
-      new Promise<void>((resolve) => {
-        if (child.exitCode !== null || child.signalCode !== null) return resolve()
-        child.once("exit", () => resolve())
-        child.kill("SIGKILL")
-      })
-    ))
+    await Promise.all(children.map(killProcess))
     await fs.rm(dir, { recursive: true, force: true })
   }
   try {
     for (const port of ports) {
       const nodeDir = path.join(dir, String(port))
       await fs.mkdir(nodeDir)
-      children.push(spawn("redis-server", [
-        "--port",
-        String(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        nodeDir,
-        "--cluster-enabled",
-        "yes",
-        "--cluster-config-file",
-        path.join(nodeDir, "nodes.conf"),
-        // a dead master is detected after this; short so that failover tests stay short
-        "--cluster-node-timeout",
-        "2000",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--protected-mode",
-        "no",
-        "--loglevel",
-        "warning"
-      ], { stdio: "ignore" }))
+      children.push(spawn(
+        "redis-server",
+        redisServerArgs(port, [
+          "--dir",
+          nodeDir,
+          "--cluster-enabled",
+          "yes",
+          "--cluster-config-file",
+          path.join(nodeDir, "nodes.conf"),
+          // a dead master is detected after this; short so that failover tests stay short
+          "--cluster-node-timeout",
+          "2000"
+        ]),
+        { stdio: "ignore" }
+      ))
     }
-    await Promise.all(ports.map((port, i) =>
-      waitUntil(`cluster node ${port} did not accept connections`, async () => {
-        if (children[i]!.exitCode !== null) throw new Error(`cluster node ${port} exited`)
-        return canConnect(port)
-      }, 5000)
-    ))
+    await Promise.all(ports.map((port, i) => waitForPort(port, children[i]!)))
     await run("redis-cli", [
       "--cluster",
       "create",

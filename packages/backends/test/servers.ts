@@ -19,7 +19,8 @@ export const freePort = (): Promise<number> =>
     })
   })
 
-const canConnect = (port: number): Promise<boolean> =>
+/** Whether something accepts TCP connections on 127.0.0.1:`port`. */
+export const canConnect = (port: number): Promise<boolean> =>
   new Promise((resolve) => {
     const socket = net.connect({ host: "127.0.0.1", port })
     socket.once("connect", () => {
@@ -29,7 +30,8 @@ const canConnect = (port: number): Promise<boolean> =>
     socket.once("error", () => resolve(false))
   })
 
-const waitForPort = async (port: number, child: ChildProcess, timeoutMillis = 5000): Promise<void> => {
+/** Resolves once `child` accepts connections on `port`; fails if it exits first or takes too long. */
+export const waitForPort = async (port: number, child: ChildProcess, timeoutMillis = 5000): Promise<void> => {
   const deadline = Date.now() + timeoutMillis
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`server on port ${port} exited with code ${child.exitCode}`)
@@ -44,37 +46,41 @@ export interface ServerProcess {
   readonly kill: () => Promise<void>
 }
 
+/** SIGKILLs `child` and resolves once it has exited (at once if it already has). */
+export const killProcess = (child: ChildProcess): Promise<void> =>
+  new Promise<void>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve()
+    child.once("exit", () => resolve())
+    child.kill("SIGKILL")
+  })
+
 const start = async (port: number, command: string, args: ReadonlyArray<string>): Promise<ServerProcess> => {
   const child = spawn(command, args, { stdio: "ignore" })
   await waitForPort(port, child)
-  return {
-    port,
-    kill: () =>
-      new Promise<void>((resolve) => {
-        if (child.exitCode !== null || child.signalCode !== null) return resolve()
-        child.once("exit", () => resolve())
-        child.kill("SIGKILL")
-      })
-  }
+  return { port, kill: () => killProcess(child) }
 }
+
+/** Arguments of a loopback `redis-server` on `port` without persistence, followed by `extra`. */
+export const redisServerArgs = (port: number, extra: ReadonlyArray<string> = []): Array<string> => [
+  "--port",
+  String(port),
+  "--bind",
+  "127.0.0.1",
+  "--save",
+  "",
+  "--appendonly",
+  "no",
+  "--protected-mode",
+  "no",
+  "--loglevel",
+  "warning",
+  ...extra
+]
 
 /** redis-server on `port` (a fresh free one by default), no persistence. */
 export const startRedis = async (port?: number): Promise<ServerProcess> => {
   const p = port ?? await freePort()
-  return start(p, "redis-server", [
-    "--port",
-    String(p),
-    "--bind",
-    "127.0.0.1",
-    "--save",
-    "",
-    "--appendonly",
-    "no",
-    "--protected-mode",
-    "no",
-    "--loglevel",
-    "warning"
-  ])
+  return start(p, "redis-server", redisServerArgs(p))
 }
 
 /** memcached on `port`, 64 MiB of memory, items up to 32 MiB (tests store 10 MiB values). */
