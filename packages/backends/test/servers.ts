@@ -77,10 +77,10 @@ export const redisServerArgs = (port: number, extra: ReadonlyArray<string> = [])
   ...extra
 ]
 
-/** redis-server on `port` (a fresh free one by default), no persistence. */
-export const startRedis = async (port?: number): Promise<ServerProcess> => {
+/** redis-server on `port` (a fresh free one by default), no persistence; `extra` arguments appended. */
+export const startRedis = async (port?: number, extra: ReadonlyArray<string> = []): Promise<ServerProcess> => {
   const p = port ?? await freePort()
-  return start(p, "redis-server", redisServerArgs(p))
+  return start(p, "redis-server", redisServerArgs(p, extra))
 }
 
 /** memcached on `port`, 64 MiB of memory, items up to 32 MiB (tests store 10 MiB values). */
