@@ -6,6 +6,6 @@
  * @since 0.1.0
  */
 export * as HttpCachePolicy from "./HttpCachePolicy.js"
-export * as Proxy from "./Proxy.js"
 export * as HttpClientCache from "./HttpClientCache.js"
 export * as HttpServerCache from "./HttpServerCache.js"
+export * as Proxy from "./Proxy.js"
