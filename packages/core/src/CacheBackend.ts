@@ -95,6 +95,11 @@ export interface CacheBackend {
    * semantics as `get` (expired past `staleUntil` = miss); `now` is the caller's `Clock` reading.
    */
   readonly unsafeGetSync?: ((key: string, now: number) => CacheEntry | undefined) | undefined
+  /**
+   * In-process backends only: like `unsafeGetSync` but records nothing (no hit/miss counts, no
+   * frequency). For a probe that will be followed by a real read, so one request is counted once.
+   */
+  readonly unsafePeekSync?: ((key: string, now: number) => CacheEntry | undefined) | undefined
   /** Largest value in bytes this backend accepts (`EntryTooLarge` above it). */
   readonly maxEntrySize?: number | undefined
 }

@@ -79,6 +79,7 @@ export interface MemoryBackend extends CacheBackend {
   readonly scan: ScanCapability
   readonly stats: Effect.Effect<BackendStats>
   readonly unsafeGetSync: (key: string, now: number) => CacheEntry | undefined
+  readonly unsafePeekSync: (key: string, now: number) => CacheEntry | undefined
   readonly maxEntrySize: number
   /** Registers a listener for removal events; the returned effect unregisters it. */
   readonly onEviction: (listener: EvictionListener) => Effect.Effect<Effect.Effect<void>>
@@ -297,6 +298,7 @@ export const make = (options: Options = {}): Effect.Effect<MemoryBackend, never,
       scan,
       stats,
       unsafeGetSync: (key, t) => policy.get(key, t),
+      unsafePeekSync: (key, t) => policy.peek(key, t),
       maxEntrySize,
       onEviction: (listener) =>
         Effect.sync(() => {

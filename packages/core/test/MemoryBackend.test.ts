@@ -40,6 +40,22 @@ describe("MemoryBackend", () => {
       expect(Option.isNone(yield* backend.get("a"))).toBe(true)
     }))
 
+  it.scoped("unsafePeekSync reads without counting a hit or a miss, and hides expired entries", () =>
+    Effect.gen(function*() {
+      const backend = yield* MemoryBackend.make()
+      yield* backend.set("a", entry(0, { ttl: 1000 }))
+      const before = yield* backend.stats
+      expect(backend.unsafePeekSync("a", 10)?.size).toBe(forever.size)
+      expect(backend.unsafePeekSync("missing", 10)).toBeUndefined()
+      expect(backend.unsafePeekSync("a", 5000)).toBeUndefined()
+      const after = yield* backend.stats
+      expect([after.hits, after.misses]).toEqual([before.hits, before.misses])
+      backend.unsafeGetSync("a", 10)
+      backend.unsafeGetSync("missing", 10)
+      const counted = yield* backend.stats
+      expect([counted.hits, counted.misses]).toEqual([before.hits + 1, before.misses + 1])
+    }))
+
   it.scoped("is provided as CacheBackendTag by the layer", () =>
     Effect.gen(function*() {
       const backend = yield* CacheBackend.CacheBackendTag

@@ -718,6 +718,7 @@ export const make = (
      * entry, a 304 or HEAD answer) returns `undefined` and the caller takes `handle`.
      */
     const getSync = backend.unsafeGetSync
+    const peekSync = backend.unsafePeekSync
     const syncHit: SyncLookup | undefined = getSync === undefined || options.mode !== undefined ||
         options.bust !== undefined
       ? undefined
@@ -726,11 +727,17 @@ export const make = (
         if (headers["if-none-match"] !== undefined || headers["if-modified-since"] !== undefined) return undefined
         const snapshot: Policy.RequestSnapshot = { method, url, headers }
         const primary = options.key(snapshot)
-        let entry = getSync(primary, now)
+        // Decide on reads that record nothing (when the backend can peek); only an answered hit is
+        // then read for real, so a request that falls through to the Effect path (which reads again)
+        // is counted once in the backend's stats and frequency sketch, not twice.
+        const read = peekSync ?? getSync
+        let entry = read(primary, now)
         if (entry === undefined) return undefined
+        let variant: string | undefined
         const vary = entry.meta?.[META_VARY]
         if (vary !== undefined) {
-          entry = getSync(variantKey(primary, entry.meta?.[META_NONCE] ?? "", vary, snapshot), now)
+          variant = variantKey(primary, entry.meta?.[META_NONCE] ?? "", vary, snapshot)
+          entry = read(variant, now)
           if (entry === undefined) return undefined
         }
         if (entry.meta?.[META_MODE] !== undefined) return undefined
@@ -738,6 +745,10 @@ export const make = (
         if (policy === undefined || !Policy.varyMatches(policy, snapshot)) return undefined
         const decision = Policy.lookup(policy, snapshot, now, policyOptions, "default")
         if (decision._tag !== "Fresh") return undefined
+        if (peekSync !== undefined) {
+          getSync(primary, now)
+          if (variant !== undefined) getSync(variant, now)
+        }
         return {
           status: policy.status,
           headers: decorateRecord(decision.headers, cacheStatus({ hit: true, ttl: Math.round(decision.ttl) }), "HIT"),
