@@ -560,59 +560,60 @@ export const make = (
         return affected
       })
 
+    /**
+     * Runs one invalidation on every target tier, lowest first. `operation` gives the tier's own
+     * operation, or `undefined` when the tier lacks the capability: such a tier is skipped (reported)
+     * or, for messages from other instances, cleared, since it cannot tell which entries are affected.
+     */
+    const invalidateIn = (
+      targets: ReadonlyArray<TierRuntime>,
+      whenUnsupported: "skip" | "clear",
+      operation: (tier: TierRuntime, now: number) =>
+        | readonly [name: string, effect: Effect.Effect<number, CacheError>]
+        | undefined
+    ) =>
+      Effect.gen(function*() {
+        const now = yield* Clock.currentTimeMillis
+        let affected = 0
+        const skippedTiers: Array<string> = []
+        for (let i = targets.length - 1; i >= 0; i--) {
+          const tier = targets[i]!
+          const op = operation(tier, now)
+          if (op === undefined) {
+            if (whenUnsupported === "clear") yield* guarded(tier, "clear", tier.backend.clear, now)
+            else skippedTiers.push(tier.name)
+            continue
+          }
+          const result = yield* guarded(tier, op[0], op[1], now)
+          if (result === SKIPPED) skippedTiers.push(tier.name)
+          else affected += result
+        }
+        supersedeAll() // which keys in-flight walks touch is unknown: none of them may promote
+        return { affected, skippedTiers }
+      })
+
     const invalidateTagsIn = (
       targets: ReadonlyArray<TierRuntime>,
       tags: ReadonlyArray<string>,
       mode: "delete" | "expire",
       whenUnsupported: "skip" | "clear"
     ) =>
-      Effect.gen(function*() {
-        const now = yield* Clock.currentTimeMillis
-        let affected = 0
-        const skippedTiers: Array<string> = []
-        for (let i = targets.length - 1; i >= 0; i--) {
-          const tier = targets[i]!
-          if (tier.backend.tags === undefined) {
-            if (whenUnsupported === "clear") yield* guarded(tier, "clear", tier.backend.clear, now)
-            else skippedTiers.push(tier.name)
-            continue
-          }
-          const result = yield* guarded(
-            tier,
-            mode === "delete" ? "deleteByTags" : "expireTags",
-            mode === "delete" ? tier.backend.tags.deleteByTags(tags) : expireTagged(tier, tags, now),
-            now
-          )
-          if (result === SKIPPED) skippedTiers.push(tier.name)
-          else affected += result
-        }
-        supersedeAll() // tag membership of in-flight walks is unknown: none of them may promote
-        return { affected, skippedTiers }
-      })
+      invalidateIn(targets, whenUnsupported, (tier, now) =>
+        tier.backend.tags === undefined
+          ? undefined
+          : mode === "delete"
+          ? ["deleteByTags", tier.backend.tags.deleteByTags(tags)]
+          : ["expireTags", expireTagged(tier, tags, now)])
 
     const invalidatePatternIn = (
       targets: ReadonlyArray<TierRuntime>,
       pattern: string,
       whenUnsupported: "skip" | "clear"
     ) =>
-      Effect.gen(function*() {
-        const now = yield* Clock.currentTimeMillis
-        let affected = 0
-        const skippedTiers: Array<string> = []
-        for (let i = targets.length - 1; i >= 0; i--) {
-          const tier = targets[i]!
-          if (tier.backend.scan === undefined) {
-            if (whenUnsupported === "clear") yield* guarded(tier, "clear", tier.backend.clear, now)
-            else skippedTiers.push(tier.name)
-            continue
-          }
-          const result = yield* guarded(tier, "deletePattern", tier.backend.scan.deletePattern(pattern), now)
-          if (result === SKIPPED) skippedTiers.push(tier.name)
-          else affected += result
-        }
-        supersedeAll()
-        return { affected, skippedTiers }
-      })
+      invalidateIn(targets, whenUnsupported, (tier) =>
+        tier.backend.scan === undefined
+          ? undefined
+          : ["deletePattern", tier.backend.scan.deletePattern(pattern)])
 
     const invalidateTags = (
       tags: ReadonlyArray<string>,
