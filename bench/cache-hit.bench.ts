@@ -12,7 +12,9 @@ import { memoryDriver } from "bentocache/drivers/memory"
 import { createCache } from "cache-manager"
 import { Cache as EffectCache, Duration, Effect, Layer, ManagedRuntime, Schema } from "effect"
 import { LRUCache } from "lru-cache"
-import { readFile, writeFile } from "node:fs/promises"
+import { writeReadmeSection } from "./lib/readme.js"
+
+const writeSection = (title: string, body: string) => writeReadmeSection(`## ${title}\n\n${body}`)
 
 const KEYS = 1024
 const MASK = KEYS - 1
@@ -237,7 +239,7 @@ const main = async () => {
   ]
   console.log("\n" + targets.join("\n"))
 
-  await writeSection(
+  writeSection(
     "Cache hit path",
     [
       `Measured by \`npm run bench -- cache-hit\` (${
@@ -271,21 +273,6 @@ const main = async () => {
   )
   await bento.disconnect()
   await runtime.dispose()
-}
-
-/** Replaces (or appends) one `## title` section of bench/README.md, leaving every other section as it is. */
-const writeSection = async (title: string, body: string) => {
-  const file = new URL("./README.md", import.meta.url)
-  const text = await readFile(file, "utf8").catch(() => "# Benchmarks\n")
-  const heading = `## ${title}`
-  const section = `${heading}\n\n${body}\n`
-  const start = text.indexOf(`${heading}\n`)
-  if (start === -1) {
-    await writeFile(file, `${text.trimEnd()}\n\n${section}`)
-    return
-  }
-  const next = text.indexOf("\n## ", start + heading.length)
-  await writeFile(file, text.slice(0, start) + section + (next === -1 ? "" : text.slice(next)))
 }
 
 main().catch((error) => {

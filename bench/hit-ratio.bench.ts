@@ -9,8 +9,8 @@
  */
 import { MemoryBackend } from "@cachekit/core"
 import { LRUCache } from "lru-cache"
-import { readFile, writeFile } from "node:fs/promises"
 import * as path from "node:path"
+import { writeReadmeSection } from "./lib/readme.js"
 import { beladyHitRatio, distinctKeys, fromFile, loop, zipf, zipfWithScans } from "./lib/traces.js"
 
 interface Trace {
@@ -203,17 +203,4 @@ Replay a published trace (one key per line, first field): \`CACHEKIT_TRACE=path/
 [lib/traces.ts](lib/traces.ts).
 `
 
-await writeSection("## Hit ratio", section)
-
-/** Replaces the `title` section of bench/README.md (up to the next `## ` heading), or appends it. */
-async function writeSection(title: string, body: string): Promise<void> {
-  const readme = new URL("./README.md", import.meta.url)
-  const current = await readFile(readme, "utf8").catch(() => "# Benchmarks\n")
-  const start = current.indexOf(`${title}\n`)
-  if (start === -1) {
-    await writeFile(readme, `${current.trimEnd()}\n\n${body}`)
-    return
-  }
-  const end = current.indexOf("\n## ", start + title.length)
-  await writeFile(readme, current.slice(0, start) + body + (end === -1 ? "" : current.slice(end + 1)))
-}
+writeReadmeSection(section)

@@ -16,7 +16,7 @@
  */
 import type { ChildProcess } from "node:child_process"
 import { spawn } from "node:child_process"
-import { readFileSync, writeFileSync } from "node:fs"
+import { readFileSync } from "node:fs"
 import * as Http from "node:http"
 import { createRequire } from "node:module"
 import type { AddressInfo } from "node:net"
@@ -24,6 +24,7 @@ import * as Path from "node:path"
 import { pipeline } from "node:stream"
 import { fileURLToPath } from "node:url"
 import { Agent, cacheStores, interceptors, request } from "undici"
+import { writeReadmeSection } from "./lib/readme.js"
 
 /** The part of autocannon's API used here (the package ships no types). */
 interface AutocannonResult {
@@ -260,23 +261,7 @@ const rssUnderLargeHits = async (proxy: Started): Promise<{ readonly base: numbe
 const fmt = (n: number, digits = 0) =>
   n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits })
 
-const writeSection = (markdown: string) => {
-  const file = Path.join(root, "bench/README.md")
-  let text: string
-  try {
-    text = readFileSync(file, "utf8")
-  } catch {
-    text = "# Benchmarks\n"
-  }
-  const start = text.indexOf("\n## Proxy\n")
-  if (start === -1) {
-    text = text.trimEnd() + "\n\n" + markdown
-  } else {
-    const next = text.indexOf("\n## ", start + 1)
-    text = text.slice(0, start + 1) + markdown + (next === -1 ? "" : "\n" + text.slice(next + 1))
-  }
-  writeFileSync(file, text.trimEnd() + "\n")
-}
+const writeSection = writeReadmeSection
 
 const main = async () => {
   const seconds = Number(process.env["BENCH_SECONDS"] ?? "2")

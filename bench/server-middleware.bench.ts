@@ -16,11 +16,11 @@ import { NodeHttpServer, NodeRuntime } from "@effect/platform-node"
 import { Effect, Layer } from "effect"
 import type { ChildProcess } from "node:child_process"
 import { spawn } from "node:child_process"
-import { readFileSync, writeFileSync } from "node:fs"
 import * as Http from "node:http"
 import { createRequire } from "node:module"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
+import { writeReadmeSection } from "./lib/readme.js"
 
 interface AutocannonResult {
   readonly requests: { readonly average: number }
@@ -195,18 +195,7 @@ const stampede = async (port: number, bursts: number) => {
 const NOTE =
   "With a 2 ms sleep the handler is not the bottleneck at 64 connections (64 / 2 ms would allow 32k req/s): both servers are bound by the HTTP server and autocannon sharing 2 cores, and a hit (one synchronous memory read, the response built without further Effects) costs about as much as running the sleeping handler, so the cache neither helps nor hurts there. In-process, without sockets, a hit through the middleware took 70-85 µs against 25-50 µs for the bare router's response on this loaded machine. With 2 ms of CPU per request the handler is the bottleneck and hits remove it."
 
-const writeSection = (markdown: string) => {
-  const file = Path.join(root, "bench/README.md")
-  let text = readFileSync(file, "utf8")
-  const start = text.indexOf("\n## HttpServer middleware\n")
-  if (start === -1) {
-    text = text.trimEnd() + "\n\n" + markdown
-  } else {
-    const next = text.indexOf("\n## ", start + 1)
-    text = text.slice(0, start + 1) + markdown + (next === -1 ? "" : "\n" + text.slice(next + 1))
-  }
-  writeFileSync(file, text.trimEnd() + "\n")
-}
+const writeSection = writeReadmeSection
 
 const main = async () => {
   const seconds = Number(process.env["BENCH_SECONDS"] ?? "3")

@@ -12,8 +12,10 @@ import { BentoCache, bentostore } from "bentocache"
 import { memoryDriver } from "bentocache/drivers/memory"
 import { createCache } from "cache-manager"
 import { Cache as EffectCache, Deferred, Duration, Effect, Layer, ManagedRuntime, Schema } from "effect"
-import { readFile, writeFile } from "node:fs/promises"
 import { setTimeout as sleep } from "node:timers/promises"
+import { writeReadmeSection } from "./lib/readme.js"
+
+const writeSection = (title: string, body: string) => writeReadmeSection(`## ${title}\n\n${body}`)
 
 const CALLERS = 1_000
 const COMPUTE_MS = 20
@@ -185,7 +187,7 @@ const main = async () => {
     "accounting, joining the in-flight Deferred)."
   console.log("\n" + verdict)
 
-  await writeSection(
+  writeSection(
     "Single-flight",
     [
       `Measured by \`npm run bench -- single-flight\` (${
@@ -204,21 +206,6 @@ const main = async () => {
   await bento.disconnect()
   await runtime.dispose()
   if (!oneCompute) process.exit(1)
-}
-
-/** Replaces (or appends) one `## title` section of bench/README.md, leaving every other section as it is. */
-const writeSection = async (title: string, body: string) => {
-  const file = new URL("./README.md", import.meta.url)
-  const text = await readFile(file, "utf8").catch(() => "# Benchmarks\n")
-  const heading = `## ${title}`
-  const section = `${heading}\n\n${body}\n`
-  const start = text.indexOf(`${heading}\n`)
-  if (start === -1) {
-    await writeFile(file, `${text.trimEnd()}\n\n${section}`)
-    return
-  }
-  const next = text.indexOf("\n## ", start + heading.length)
-  await writeFile(file, text.slice(0, start) + section + (next === -1 ? "" : text.slice(next)))
 }
 
 main().catch((error) => {
