@@ -18,27 +18,13 @@ import type { ChildProcess } from "node:child_process"
 import { spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
 import * as Http from "node:http"
-import { createRequire } from "node:module"
 import type { AddressInfo } from "node:net"
 import * as Path from "node:path"
 import { pipeline } from "node:stream"
 import { fileURLToPath } from "node:url"
 import { Agent, cacheStores, interceptors, request } from "undici"
+import { autocannon, type AutocannonResult } from "./lib/autocannon.js"
 import { writeReadmeSection } from "./lib/readme.js"
-
-/** The part of autocannon's API used here (the package ships no types). */
-interface AutocannonResult {
-  readonly requests: { readonly average: number }
-  readonly latency: { readonly p50: number; readonly p99: number }
-  readonly errors: number
-  readonly non2xx: number
-}
-const autocannon = createRequire(import.meta.url)("autocannon") as (options: {
-  readonly url: string
-  readonly connections: number
-  readonly duration: number
-  readonly pipelining: number
-}) => Promise<AutocannonResult>
 
 const KIB = 1024
 const MIB = 1024 * 1024

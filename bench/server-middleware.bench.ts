@@ -17,23 +17,10 @@ import { Effect, Layer } from "effect"
 import type { ChildProcess } from "node:child_process"
 import { spawn } from "node:child_process"
 import * as Http from "node:http"
-import { createRequire } from "node:module"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
+import { autocannon } from "./lib/autocannon.js"
 import { writeReadmeSection } from "./lib/readme.js"
-
-interface AutocannonResult {
-  readonly requests: { readonly average: number }
-  readonly latency: { readonly p50: number; readonly p99: number }
-  readonly errors: number
-  readonly non2xx: number
-}
-const autocannon = createRequire(import.meta.url)("autocannon") as (options: {
-  readonly url: string
-  readonly connections: number
-  readonly duration: number
-  readonly pipelining: number
-}) => Promise<AutocannonResult>
 
 const self = fileURLToPath(import.meta.url)
 const root = Path.join(Path.dirname(self), "..")
