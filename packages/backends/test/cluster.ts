@@ -19,7 +19,21 @@ export interface ClusterNode {
 export interface RedisClusterProcess {
   /** The six nodes (masters and replicas); any of them works as a seed for a client. */
   readonly nodes: ReadonlyArray<ClusterNode>
+  /** Sends `signal` to the node on `port` (SIGSTOP/SIGCONT to hang and resume it, SIGKILL to kill it). */
+  readonly signal: (port: number, signal: NodeJS.Signals) => void
   readonly stop: () => Promise<void>
+}
+
+export interface ClusterSettings {
+  /** `cluster-node-timeout`: a master not answering this long is failed over. Default 2000 ms. */
+  readonly nodeTimeoutMillis?: number
+  /** `cluster-require-full-coverage`: when false, the other masters keep serving while one range is down. Default true. */
+  readonly requireFullCoverage?: boolean
+  /**
+   * Also wait until every replica has synced with its master (a replica that never synced refuses
+   * to take over). Default false: the shared cluster's tests do not fail masters over.
+   */
+  readonly waitForReplicas?: boolean
 }
 
 const run = (command: string, args: ReadonlyArray<string>, timeoutMillis = 10_000): Promise<string> =>
@@ -66,7 +80,7 @@ const waitUntil = async (what: string, check: () => Promise<boolean>, timeoutMil
 }
 
 /** Starts and joins the cluster (about 2.5 s on a 2-core machine, most of it in `redis-cli --cluster create`). */
-export const startRedisCluster = async (): Promise<RedisClusterProcess> => {
+export const startRedisCluster = async (settings: ClusterSettings = {}): Promise<RedisClusterProcess> => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), "cachekit-cluster-"))
   const taken = new Set<number>()
   const ports: Array<number> = []
@@ -91,7 +105,12 @@ export const startRedisCluster = async (): Promise<RedisClusterProcess> => {
           path.join(nodeDir, "nodes.conf"),
           // a dead master is detected after this; short so that failover tests stay short
           "--cluster-node-timeout",
-          "2000"
+          String(settings.nodeTimeoutMillis ?? 2000),
+          "--cluster-require-full-coverage",
+          settings.requireFullCoverage === false ? "no" : "yes",
+          // the first sync of a replica starts at once instead of after the default 5 s
+          "--repl-diskless-sync-delay",
+          "0"
         ]),
         { stdio: "ignore" }
       ))
@@ -109,7 +128,19 @@ export const startRedisCluster = async (): Promise<RedisClusterProcess> => {
       const states = await Promise.all(ports.map((p) => run("redis-cli", ["-p", String(p), "cluster", "info"])))
       return states.every((s) => s.includes("cluster_state:ok"))
     }, 10_000)
-    return { nodes: ports.map((port) => ({ host: "127.0.0.1", port })), stop }
+    if (settings.waitForReplicas === true) {
+      await waitUntil("a replica did not sync with its master", async () => {
+        const infos = await Promise.all(ports.map((p) => run("redis-cli", ["-p", String(p), "info", "replication"])))
+        const replicas = infos.filter((i) => i.includes("role:slave"))
+        return replicas.length === 3 && replicas.every((i) => i.includes("master_link_status:up"))
+      }, 10_000)
+    }
+    const signal = (port: number, sig: NodeJS.Signals) => {
+      const child = children[ports.indexOf(port)]
+      if (child === undefined) throw new Error(`no cluster node on port ${port}`)
+      child.kill(sig)
+    }
+    return { nodes: ports.map((port) => ({ host: "127.0.0.1", port })), signal, stop }
   } catch (error) {
     await stop()
     throw error

@@ -46,6 +46,9 @@ export interface ClientSettings {
   readonly redisOptions: RedisOptions
 }
 
+/** How often a Cluster client re-reads the slot map (and so how late it notices a failover at most). */
+export const SLOTS_REFRESH_INTERVAL_MILLIS = 1000
+
 /**
  * A standalone client or a Cluster client, both lazy (connect explicitly), failing fast while
  * disconnected (no offline queue) and reconnecting in the background.
@@ -63,6 +66,10 @@ export const makeClient = (settings: ClientSettings): Redis | Cluster => {
       retryDelayOnFailover: 100,
       retryDelayOnClusterDown: 100,
       slotsRefreshTimeout: settings.redisOptions.connectTimeout ?? 2000,
+      // A hung master answers nothing (no MOVED, no closed socket), so without a periodic refresh the
+      // client would keep sending its slots to it after a replica took over (tested by
+      // RedisClusterFailover.test.ts). One CLUSTER SLOTS on a short-lived connection per interval.
+      slotsRefreshInterval: SLOTS_REFRESH_INTERVAL_MILLIS,
       redisOptions: nodeOptions
     }
     return new Cluster(settings.cluster.map((n) => ({ host: n.host, port: n.port })), clusterOptions)
