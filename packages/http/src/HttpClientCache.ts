@@ -23,6 +23,7 @@
  *
  * @since 0.1.0
  */
+import type { RedisSingleFlight } from "@cachekit/backends"
 import type { CacheBackend } from "@cachekit/core"
 import { HttpClient } from "@effect/platform"
 import type { HttpClientRequest, HttpClientResponse } from "@effect/platform"
@@ -72,7 +73,71 @@ export interface Options {
   readonly coalesceTimeout?: Duration.DurationInput | undefined
   /** How long a stale entry with a validator is kept for conditional revalidation (default 1 hour). */
   readonly staleRetention?: Duration.DurationInput | undefined
+  /**
+   * Coalesces misses across processes sharing one backend (e.g. `redisSingleFlight(flight)`): the
+   * request leading a miss in this process first asks the gate; when another process is already
+   * fetching the same primary key, it waits for that fetch and reads the shared backend again
+   * instead of going upstream. Not used for requests with `Authorization`, for `no-cache`-like modes
+   * that must not read the cache, nor for revalidations. Default: none (coalescing per process only).
+   */
+  readonly distributedSingleFlight?: DistributedSingleFlight | undefined
 }
+
+/** What became of one upstream fetch, as another process learns it. */
+export type FetchOutcome = "stored" | "uncacheable" | "abandoned"
+
+/**
+ * A gate shared by several processes: one fetch per key at a time across all of them.
+ *
+ * `run(key, fetch)` runs `fetch` here, unless another process is running a fetch for `key`: then
+ * it waits for that one to end and returns the outcome it reported, without running `fetch`. It
+ * never fails; when the coordination is out of reach (or a wait times out) it runs `fetch` here.
+ * `fetch` completes when the response is stored in the shared backend, or known not to be.
+ *
+ * Only the outcome travels between processes; the response itself is read from the shared
+ * backend through the normal lookup, so Vary variants and per-user responses stay apart.
+ */
+export interface DistributedSingleFlight {
+  readonly run: (key: string, fetch: Effect.Effect<FetchOutcome>) => Effect.Effect<FetchOutcome>
+}
+
+const OUTCOME_BYTES: Readonly<Record<FetchOutcome, Uint8Array>> = {
+  stored: Uint8Array.of(0x73),
+  uncacheable: Uint8Array.of(0x75),
+  abandoned: Uint8Array.of(0x61)
+}
+
+const outcomeOf = (bytes: Uint8Array): FetchOutcome =>
+  bytes[0] === 0x73 ? "stored" : bytes[0] === 0x75 ? "uncacheable" : "abandoned"
+
+/** The fetch here stored nothing (it failed or its caller went away). */
+class Abandoned {
+  readonly _tag = "Abandoned"
+}
+
+/**
+ * The gate over a `RedisSingleFlight` (lock, `done` message, handoff of the outcome's one byte).
+ * An abandoned fetch is reported as a failure to it, so it frees the lock at once and ONE waiter
+ * takes over; the others keep waiting for that one.
+ *
+ * @example
+ * ```ts
+ * const flight = yield* RedisSingleFlight.make({ url: "redis://127.0.0.1:6379", prefix: "myapp:" })
+ * const cached = yield* HttpClientCache.withCache({ shared: true, distributedSingleFlight: HttpClientCache.redisSingleFlight(flight) })(client)
+ * ```
+ */
+export const redisSingleFlight = (flight: RedisSingleFlight.RedisSingleFlight): DistributedSingleFlight => ({
+  run: (key, fetch) =>
+    flight.wrap(
+      key,
+      Effect.flatMap(fetch, (outcome) =>
+        outcome === "abandoned" ? Effect.fail(new Abandoned()) : Effect.succeed(OUTCOME_BYTES[outcome]))
+    ).pipe(
+      Effect.map(outcomeOf),
+      Effect.catchTag("Abandoned", () =>
+        Effect.succeed("abandoned" as const))
+    )
+})
 
 /**
  * Wraps `client` with the cache. The backend comes from `CacheBackendTag`; background

@@ -12,6 +12,12 @@
  * leader stores nothing (the caller stopped reading, the upstream failed) they retry once, one of
  * them leading; if the response is not storable they go upstream themselves.
  *
+ * Across processes (option `distributedSingleFlight`): the leader of a miss asks the gate before
+ * going upstream. When another process holds the key, the leader waits for its outcome and, if it
+ * stored the response, reads the shared backend again through the normal lookup (so Vary and the
+ * `Authorization` rules apply as to any hit); otherwise, or when that read misses, it fetches
+ * itself. Only the outcome crosses processes, never a response.
+ *
  * @internal
  */
 import { CacheBackend as Backend } from "@cachekit/core"
@@ -19,10 +25,10 @@ import type { CacheEntry, CacheError } from "@cachekit/core"
 import { Headers as PlatformHeaders, HttpClient, HttpClientRequest, UrlParams } from "@effect/platform"
 import type { HttpClientResponse } from "@effect/platform"
 import type { HttpClientError } from "@effect/platform"
-import { Clock, Deferred, Duration, Effect, Either, FiberId, Option, Stream } from "effect"
+import { Clock, Deferred, Duration, Effect, Either, Exit, Fiber, FiberId, Option, Stream } from "effect"
 import type { Scope } from "effect"
 import * as Policy from "../HttpCachePolicy.js"
-import type { Options } from "../HttpClientCache.js"
+import type { DistributedSingleFlight, Options } from "../HttpClientCache.js"
 import { type EntryTemplate, makeWriter, tee, type Written } from "./bodyStore.js"
 import { type Body, StreamResponse } from "./clientResponse.js"
 
@@ -43,6 +49,7 @@ export interface Resolved {
   readonly policy: Policy.PolicyOptions
   readonly coalesceTimeout: Duration.Duration
   readonly staleRetentionMillis: number
+  readonly distributedSingleFlight: DistributedSingleFlight | undefined
 }
 
 const defaultKey = (request: Policy.RequestSnapshot): string => `${request.method} ${request.url}`
@@ -66,7 +73,8 @@ export const resolveOptions = (options: Options): Resolved => {
       ...(options.targetedCacheControl === undefined ? {} : { targetedCacheControl: options.targetedCacheControl })
     },
     coalesceTimeout: Duration.decode(options.coalesceTimeout ?? "30 seconds"),
-    staleRetentionMillis: Duration.toMillis(options.staleRetention ?? "1 hour")
+    staleRetentionMillis: Duration.toMillis(options.staleRetention ?? "1 hour"),
+    distributedSingleFlight: options.distributedSingleFlight
   }
 }
 
@@ -125,6 +133,14 @@ interface Inflight {
   readonly done: Deferred.Deferred<Outcome>
 }
 
+/** What the leader of a gated miss learns first: its own fetch's response, or another process's outcome. */
+type Handed =
+  | {
+    readonly _tag: "Here"
+    readonly exit: Exit.Exit<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>
+  }
+  | { readonly _tag: "Elsewhere"; readonly outcome: Outcome }
+
 const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS", "TRACE"])
 const CACHEABLE_METHODS = new Set(["GET", "HEAD"])
 
@@ -138,6 +154,7 @@ export const make = (
 ): Effect.Effect<HttpClient.HttpClient, never, Backend.CacheBackendTag | Scope.Scope> =>
   Effect.gen(function*() {
     const backend = yield* Backend.CacheBackendTag
+    const syncFinal = Backend.syncMissIsFinal(backend)
     const scope = yield* Effect.scope
     const inflight = new Map<string, Inflight>()
     const refreshing = new Set<string>()
@@ -153,7 +170,9 @@ export const make = (
     > => {
       if (backend.unsafeGetSync !== undefined) {
         const entry = backend.unsafeGetSync(key, now)
-        return Effect.succeed(entry === undefined ? Option.none() : Option.some({ entry, body: entry.value }))
+        if (entry !== undefined) return Effect.succeed(Option.some({ entry, body: entry.value }))
+        // a tiered backend's sync read is its L1 only: a lower tier may still have the key
+        if (syncFinal) return Effect.succeed(Option.none())
       }
       const read: Effect.Effect<
         Option.Option<{ readonly entry: CacheEntry.CacheEntry; readonly body: Body }>,
@@ -432,6 +451,109 @@ export const make = (
         )
       })
 
+    /**
+     * A stored response for a request that missed a moment ago, or `undefined`. `afterFlight`: read
+     * after the flight it waited for stored one (RFC 9111 §4 lets collapsed requests reuse that
+     * response, as local followers do); otherwise only a fresh entry counts.
+     */
+    const storedSince = (
+      request: HttpClientRequest.HttpClientRequest,
+      snapshot: Policy.RequestSnapshot,
+      primary: string,
+      mode: Policy.CacheMode,
+      afterFlight: boolean
+    ) =>
+      Effect.gen(function*() {
+        const now = yield* Clock.currentTimeMillis
+        const result = yield* lookupEntry(primary, snapshot, now)
+        if (result._tag === "Miss") return undefined
+        const found = result.found
+        if (afterFlight) {
+          return serveStored(
+            request,
+            snapshot,
+            found,
+            withAge(found.policy, now),
+            cacheStatus({ hit: true, collapsed: true }),
+            "HIT"
+          )
+        }
+        const lookupMode = mode === "default" && found.entry.meta?.[META_MODE] === "ignore-rules"
+          ? "ignore-rules"
+          : mode
+        const decision = Policy.lookup(found.policy, snapshot, now, policyOptions, lookupMode)
+        if (decision._tag !== "Fresh") return undefined
+        return serveStored(
+          request,
+          snapshot,
+          found,
+          decision.headers,
+          cacheStatus({ hit: true, ttl: Math.round(decision.ttl), collapsed: true }),
+          "HIT"
+        )
+      })
+
+    /**
+     * The leader of a miss behind the cross-process gate. The fetch runs in a fiber of the layer's
+     * scope (the gate holds its lock until the body is stored, which needs this caller to read the
+     * response first); the caller gets the response as soon as that fiber has it, or, when another
+     * process fetched, re-reads the backend. Interrupting the caller interrupts the fetch.
+     */
+    const acrossProcesses = (
+      gate: DistributedSingleFlight,
+      request: HttpClientRequest.HttpClientRequest,
+      snapshot: Policy.RequestSnapshot,
+      primary: string,
+      mode: Policy.CacheMode,
+      fwd: Fwd,
+      settle: (outcome: Outcome) => Effect.Effect<void>
+    ): Effect.Effect<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError> =>
+      Effect.gen(function*() {
+        const handed = yield* Deferred.make<Handed>()
+        const fetchHere = Effect.gen(function*() {
+          // Another process may have stored the response between our lookup and the lock.
+          const already = yield* storedSince(request, snapshot, primary, mode, false)
+          if (already !== undefined) {
+            yield* Deferred.succeed(handed, { _tag: "Here", exit: Exit.succeed(already) })
+            yield* settle("stored")
+            return "stored" as const
+          }
+          const outcome = yield* Deferred.make<Outcome>()
+          const report = (value: Outcome) => Effect.zipRight(settle(value), Deferred.succeed(outcome, value))
+          const exit = yield* Effect.exit(fetchAndStore(request, snapshot, primary, mode, fwd, report))
+          yield* Deferred.succeed(handed, { _tag: "Here", exit })
+          if (Exit.isFailure(exit)) return "abandoned" as const
+          return yield* Deferred.await(outcome).pipe(
+            Effect.timeoutTo({
+              duration: options.coalesceTimeout,
+              onTimeout: () => "abandoned" as const,
+              onSuccess: (o) => o
+            })
+          )
+        })
+        const fiber = yield* gate.run(primary, fetchHere).pipe(
+          // a no-op when the fetch ran here (it handed its response over first)
+          Effect.flatMap((outcome) => Deferred.succeed(handed, { _tag: "Elsewhere", outcome })),
+          Effect.onInterrupt(() => Deferred.succeed(handed, { _tag: "Elsewhere", outcome: "abandoned" })),
+          // the caller may run uninterruptibly (a server app does): the gate's waits must still time out
+          Effect.interruptible,
+          Effect.forkIn(scope)
+        )
+        const result = yield* Deferred.await(handed).pipe(
+          Effect.onInterrupt(() => Effect.zipRight(Fiber.interruptFork(fiber), settle("abandoned")))
+        )
+        if (result._tag === "Here") return yield* result.exit
+        if (result.outcome === "stored") {
+          const served = yield* storedSince(request, snapshot, primary, mode, true)
+          if (served !== undefined) {
+            yield* settle("stored")
+            return served
+          }
+        }
+        // Not stored for this request (not storable, another Vary variant, failed, timed out): fetch here.
+        return yield* fetchAndStore(request, snapshot, primary, mode, fwd, settle)
+      })
+
     /** Conditional request for a stored response (RFC 9111 §4.3); 304 merges, errors may serve stale. */
     const revalidate = (
       request: HttpClientRequest.HttpClientRequest,
@@ -570,7 +692,7 @@ export const make = (
     const restore = (found: Found, merged: Policy.StoredPolicy, now: number) => {
       const template = templateFor(merged, now, false)
       const streaming = backend.streaming
-      const write = streaming !== undefined && backend.unsafeGetSync === undefined
+      const write = streaming !== undefined && !(found.body instanceof Uint8Array)
         ? Effect.flatMap(streaming.getStream(found.storageKey), (stored) =>
           Option.isNone(stored)
             ? Effect.void
@@ -629,12 +751,20 @@ export const make = (
         }
 
         const direct = (fwd: Fwd) => fetchAndStore(request, snapshot, primary, mode, fwd, () => Effect.void)
+        // The cross-process gate only for requests whose answer another process may have stored for
+        // them: reading the cache allowed, no credentials (a per-user response is never shared).
+        const gate = options.distributedSingleFlight !== undefined && rules.read &&
+            request.headers["authorization"] === undefined
+          ? options.distributedSingleFlight
+          : undefined
         const miss = (fwd: Fwd) =>
           coalesced(
             request,
             snapshot,
             primary,
-            (settle) => fetchAndStore(request, snapshot, primary, mode, fwd, settle),
+            gate === undefined
+              ? (settle) => fetchAndStore(request, snapshot, primary, mode, fwd, settle)
+              : (settle) => acrossProcesses(gate, request, snapshot, primary, mode, fwd, settle),
             direct(fwd)
           )
         if (!rules.read) return yield* miss("request")
