@@ -89,6 +89,11 @@ export interface Options {
    * port (`cachekit proxy --admin`). Whatever it does not handle should go to the app it was given.
    */
   readonly mount?: ((app: HttpApp.Default) => HttpApp.Default) | undefined
+  /**
+   * Fields set on every response this server sends (hits, misses, errors, whatever `mount` answers),
+   * e.g. `{ "cachekit-instance": "2" }` from the workers of `cachekit proxy --instances N`.
+   */
+  readonly responseHeaders?: Readonly<Record<string, string>> | undefined
 }
 
 /** `Options` plus the cache the proxy runs in shared mode (RFC 9111 §3: s-maxage, no `private`). */
@@ -181,6 +186,7 @@ const makeLayer = (
       })
       const tracker = internal.trackRequests(server)
       yield* fastPath.install(server, tracker, client, resolved)
+      if (options.responseHeaders !== undefined) setOnEveryResponse(server, options.responseHeaders)
       const httpServer = yield* NodeHttpServer.make(() => server, {
         port: options.port ?? defaults.port,
         host: options.host ?? defaults.host
@@ -205,6 +211,22 @@ const makeLayer = (
       }
     })
   )
+
+/**
+ * Sets `fields` on each response as its request arrives, in front of every "request" listener (the
+ * fast path's included); `writeHead` merges them with the fields it is given.
+ */
+const setOnEveryResponse = (server: Http.Server, fields: Readonly<Record<string, string>>): void => {
+  const entries = Object.entries(fields)
+  const emit = server.emit
+  server.emit = function(this: Http.Server, event: string | symbol, ...args: Array<unknown>): boolean {
+    if (event === "request") {
+      const res = args[1] as Http.ServerResponse
+      for (const [name, value] of entries) res.setHeader(name, value)
+    }
+    return Reflect.apply(emit, this, [event, ...args]) as boolean
+  } as Http.Server["emit"]
+}
 
 /**
  * The caching proxy: `layer` over `HttpClientCache` in shared-cache mode, storing in the

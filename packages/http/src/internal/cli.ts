@@ -19,6 +19,7 @@ import { BACKENDS, BUSES, configProvider } from "./cliArgs.js"
 import * as DemoOrigin from "./demoOrigin.js"
 import { durationConfig, millisConfig, portConfig, targetPath } from "./proxy.js"
 import * as ProxyBackends from "./proxyBackends.js"
+import * as ProxyCluster from "./proxyCluster.js"
 import { parseSize } from "./units.js"
 
 const sizeConfig = (name: string): Config.Config<Option.Option<number>> =>
@@ -36,6 +37,15 @@ export const settingsConfig = Config.all({
   upstream: Config.option(Config.string("CACHEKIT_UPSTREAM")),
   port: portConfig("CACHEKIT_PORT", Proxy.defaults.port),
   host: Config.string("CACHEKIT_HOST").pipe(Config.withDefault(Proxy.defaults.host)),
+  // N worker processes (0 = one per CPU); the flag parser already turned `auto` into 0
+  instances: Config.string("CACHEKIT_INSTANCES").pipe(
+    Config.withDefault("1"),
+    Config.mapOrFail((text) =>
+      text === "auto" || (/^\d+$/.test(text) && Number(text) <= 1024)
+        ? Either.right(text === "auto" ? 0 : Number(text))
+        : Either.left(ConfigError.InvalidData([], `CACHEKIT_INSTANCES: "${text}" is not 1-1024, 0 or auto`))
+    )
+  ),
   upstreamTimeout: durationConfig("CACHEKIT_UPSTREAM_TIMEOUT", Proxy.defaults.upstreamTimeoutMillis),
   shutdownGrace: durationConfig("CACHEKIT_SHUTDOWN_GRACE", Proxy.defaults.shutdownGraceMillis),
   backend: Config.literal(...BACKENDS)("CACHEKIT_BACKEND").pipe(
@@ -207,7 +217,9 @@ export type StartError =
 export const start = (
   settings: Settings,
   upstream: string,
-  demo: boolean
+  demo: boolean,
+  /** A worker of `--instances N`: every response carries `Cachekit-Instance: <worker id>`. */
+  worker?: ProxyCluster.WorkerIdentity
 ): Effect.Effect<Running, StartError, Scope.Scope | HttpClient.HttpClient> =>
   Effect.gen(function*() {
     // Checked before anything listens: a proxy must not come up with an unusable admin API.
@@ -263,7 +275,7 @@ export const start = (
       }
     }
     const context = yield* Layer.build(
-      proxyLayer(settings, upstream, mount).pipe(
+      proxyLayer(settings, upstream, mount, worker).pipe(
         Layer.provide(Layer.succeed(CacheBackend.CacheBackendTag, cache.backend))
       )
     )
@@ -275,7 +287,8 @@ export const start = (
 const proxyLayer = (
   settings: Settings,
   upstream: string,
-  mount: ((app: HttpApp.Default) => HttpApp.Default) | undefined
+  mount: ((app: HttpApp.Default) => HttpApp.Default) | undefined,
+  worker: ProxyCluster.WorkerIdentity | undefined
 ): Layer.Layer<
   Proxy.ProxyTag,
   Proxy.InvalidUpstream | Proxy.ServeError,
@@ -288,7 +301,8 @@ const proxyLayer = (
     upstreamTimeout: settings.upstreamTimeout,
     shutdownGrace: settings.shutdownGrace,
     stripResponseFields: settings.stripTargetedCacheControl ? settings.targetedCacheControl : undefined,
-    mount
+    mount,
+    responseHeaders: worker === undefined ? undefined : { "cachekit-instance": String(worker.id) }
   }
   if (settings.backend === "none") return Proxy.layer(options)
   return Proxy.layerCaching({
@@ -302,10 +316,21 @@ const proxyLayer = (
   })
 }
 
-const banner = (running: Running, settings: Settings, demo: DemoOrigin.DemoOrigin | undefined): string => {
+const banner = (
+  running: Running,
+  settings: Settings,
+  demo: DemoOrigin.DemoOrigin | undefined,
+  worker: ProxyCluster.WorkerIdentity | undefined
+): string => {
   const { proxy } = running
   const lines = [
     `cachekit proxy listening on ${proxy.url}`,
+    ...(worker === undefined ? [] : [
+      `  instance: worker ${worker.id} in slot ${worker.slot} of ${
+        ProxyCluster.resolveInstances(settings.instances)
+      }, ` +
+      `pid ${worker.pid} (responses carry Cachekit-Instance: ${worker.id})`
+    ]),
     demo === undefined
       ? `  upstream: ${proxy.upstream.href}`
       : `  upstream: embedded demo origin at ${demo.url} (no --upstream given)`,
@@ -328,31 +353,47 @@ const banner = (running: Running, settings: Settings, demo: DemoOrigin.DemoOrigi
   return lines.join("\n")
 }
 
-/** Runs the proxy until interrupted. */
-const runProxy = Effect.gen(function*() {
+/** Runs the proxy (one process, or one worker of `--instances N`) until interrupted. */
+const runProxy = (settings: Settings) =>
+  Effect.gen(function*() {
+    const worker = ProxyCluster.currentWorker()
+    let demo: DemoOrigin.DemoOrigin | undefined
+    let upstream: string
+    if (Option.isSome(settings.upstream)) {
+      upstream = settings.upstream.value
+    } else {
+      const context = yield* Layer.build(DemoOrigin.layer({ host: "127.0.0.1", port: 0 }))
+      demo = Context.get(context, DemoOrigin.DemoOriginTag)
+      upstream = demo.url
+    }
+    const client = yield* Layer.build(NodeHttpClient.layerUndici)
+    const running = yield* start(settings, upstream, demo !== undefined, worker).pipe(Effect.provide(client))
+    yield* Console.log(banner(running, settings, demo, worker))
+    return yield* Effect.never
+  }).pipe(Effect.scoped)
+
+/** One process, or (`--instances N` in the process started from the command line) the cluster's primary. */
+const runCommand = Effect.gen(function*() {
   const settings = yield* settingsConfig
-  let demo: DemoOrigin.DemoOrigin | undefined
-  let upstream: string
-  if (Option.isSome(settings.upstream)) {
-    upstream = settings.upstream.value
-  } else {
-    const context = yield* Layer.build(DemoOrigin.layer({ host: "127.0.0.1", port: 0 }))
-    demo = Context.get(context, DemoOrigin.DemoOriginTag)
-    upstream = demo.url
+  const instances = ProxyCluster.resolveInstances(settings.instances)
+  if (instances > 1 && !ProxyCluster.isWorker()) {
+    yield* ProxyCluster.checkShareable(instances, settings.backend, settings.bus)
+    return yield* ProxyCluster.runPrimary({ instances, shutdownGraceMillis: settings.shutdownGrace })
   }
-  const client = yield* Layer.build(NodeHttpClient.layerUndici)
-  const running = yield* start(settings, upstream, demo !== undefined).pipe(Effect.provide(client))
-  yield* Console.log(banner(running, settings, demo))
-  return yield* Effect.never
-}).pipe(Effect.scoped)
+  return yield* runProxy(settings)
+})
 
 /** A readable line for any failure the command can end with. */
-export const describeFailure = (error: CliError | StartError): string => {
+export const describeFailure = (
+  error: CliError | StartError | ProxyCluster.InstancesNotShareable | ProxyCluster.WorkerFailed
+): string => {
   if (ConfigError.isConfigError(error)) return `bad setting: ${String(error)}`
   switch (error._tag) {
     case "CliError":
     case "InvalidUpstream":
     case "AdminNotSecured":
+    case "InstancesNotShareable":
+    case "WorkerFailed":
       return error.message
     case "ServeError": {
       const cause = error.cause as { code?: string; message?: string } | undefined
@@ -372,14 +413,17 @@ export const describeFailure = (error: CliError | StartError): string => {
  * runtime failure, 2 on a bad setting). Runs until interrupted (SIGINT/SIGTERM via `NodeRuntime`).
  */
 export const runProxyCommand = (flags: ReadonlyMap<string, string>): Effect.Effect<number> =>
-  runProxy.pipe(
+  runCommand.pipe(
     Effect.withConfigProvider(configProvider(flags)),
     Effect.as(0),
     Effect.catchAll((error) =>
       Effect.as(
         Console.error(`cachekit: ${describeFailure(error)}`),
-        ConfigError.isConfigError(error) || error._tag === "InvalidUpstream" || error._tag === "AdminNotSecured"
+        ConfigError.isConfigError(error) || error._tag === "InvalidUpstream" || error._tag === "AdminNotSecured" ||
+          error._tag === "InstancesNotShareable"
           ? 2
+          : error._tag === "WorkerFailed"
+          ? error.exitCode
           : 1
       )
     )

@@ -18,7 +18,18 @@ export class CliError extends Data.TaggedError("CliError")<{
   readonly message: string
 }> {}
 
-type ValueKind = "url" | "port" | "size" | "duration" | "text" | "list" | "backend" | "bus" | "boolean" | "path"
+type ValueKind =
+  | "url"
+  | "port"
+  | "size"
+  | "duration"
+  | "text"
+  | "list"
+  | "backend"
+  | "bus"
+  | "boolean"
+  | "path"
+  | "instances"
 
 export interface FlagSpec {
   /** The setting this flag sets. */
@@ -54,6 +65,13 @@ export const proxyFlags: Readonly<Record<string, FlagSpec>> = {
   },
   port: { env: "CACHEKIT_PORT", kind: "port", placeholder: "N", help: "port to listen on, 0 = any (default 3128)" },
   host: { env: "CACHEKIT_HOST", kind: "text", placeholder: "ADDR", help: "address to listen on (default 127.0.0.1)" },
+  instances: {
+    env: "CACHEKIT_INSTANCES",
+    kind: "instances",
+    placeholder: "N|auto",
+    help: "worker processes sharing the port (node:cluster; 0 or auto = one per CPU; default 1); needs a " +
+      "shared backend (redis, memcached, memory+redis; memory+memcached with --bus redis)"
+  },
   backend: {
     env: "CACHEKIT_BACKEND",
     kind: "backend",
@@ -198,6 +216,11 @@ const checkValue = (spec: FlagSpec, value: string): Either.Either<string, string
       return (BUSES as ReadonlyArray<string>).includes(value)
         ? Either.right(value)
         : Either.left(`"${value}" is not one of ${BUSES.join(", ")}`)
+    }
+    case "instances": {
+      return value === "auto" || (/^\d+$/.test(value) && Number(value) <= 1024)
+        ? Either.right(value === "auto" ? "0" : String(Number(value)))
+        : Either.left(`"${value}" is not a number of processes (1-1024, or 0 / auto = one per CPU)`)
     }
     case "path": {
       return /^\/[A-Za-z0-9._~/-]*[A-Za-z0-9._~-]$/.test(value) &&
