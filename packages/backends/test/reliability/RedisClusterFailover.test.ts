@@ -3,8 +3,8 @@
  * 3-replica cluster (`cluster-node-timeout` 1000 ms, `cluster-require-full-coverage no`) so that
  * stopping a master does not disturb the other suites. While workers run get/set through
  * `RedisBackend` and `Cache.getOrCompute` over keys on all three masters, one master is hung with
- * SIGSTOP (the harder case: its sockets stay open and only timeouts tell), its replica takes over,
- * and the test measures and asserts:
+ * SIGSTOP (its sockets stay open and only timeouts tell) or killed with SIGKILL (connections
+ * refused), its replica takes over, and the test measures and asserts:
  *
  * - direct backend ops on the hung master's slots fail with a typed `BackendTimeout` /
  *   `BackendUnavailable`, each within a bound (< 3 s; commandTimeout is 500 ms), while ops on the
@@ -97,10 +97,16 @@ const cluster = Effect.acquireRelease(
   (c) => Effect.promise(() => c.stop())
 )
 
+/** How the master is lost: hung (SIGSTOP, its sockets stay open) or crashed (SIGKILL, connections refused). */
+const SCENARIOS = [
+  { how: "hung", signal: "SIGSTOP" },
+  { how: "crashed", signal: "SIGKILL" }
+] as const
+
 describe.skipIf(!available)("RedisBackend on a Redis Cluster losing a master under load", () => {
-  it.live(
-    "fails fast and typed on the lost slots only, recovers after the failover, and Cache callers never fail",
-    () =>
+  it.live.each(SCENARIOS)(
+    "master $how: fails fast and typed on the lost slots only, recovers after the failover, Cache callers never fail",
+    ({ how, signal }) =>
       Effect.scoped(Effect.gen(function*() {
         const rc: RedisClusterProcess = yield* cluster
         const ports = rc.nodes.map((n) => n.port)
@@ -184,7 +190,7 @@ describe.skipIf(!available)("RedisBackend on a Redis Cluster losing a master und
           yield* sleep(500)
           peakClients = Math.max(...(yield* Effect.promise(() => Promise.all(ports.map(connectedClients)))))
           const stoppedAt = Date.now()
-          rc.signal(victim.port, "SIGSTOP")
+          rc.signal(victim.port, signal)
           // the replica takes over once the others agree the master failed (node timeout + election)
           const promotedAt = yield* waitFor("the replica was not promoted", async () => {
             const view = await clusterNodes(replica.port)
@@ -226,7 +232,7 @@ describe.skipIf(!available)("RedisBackend on a Redis Cluster losing a master und
             slowestCacheRequestMillis: Math.max(0, ...cached.map((o) => o.millis)),
             computes
           }
-          console.log(`failover under load: ${JSON.stringify(timings)}`)
+          console.log(`failover under load, master ${how}: ${JSON.stringify(timings)}`)
 
           // (a) the hung master's slots fail, typed and bounded; the other slots never fail
           expect(afterStop.filter((o) => affected.has(o.key) && o.failure !== undefined).length).toBeGreaterThan(0)
@@ -247,10 +253,11 @@ describe.skipIf(!available)("RedisBackend on a Redis Cluster losing a master und
         }))
 
         // the backend's scope is closed: no connection of ours is left on any node
-        rc.signal(victim.port, "SIGCONT")
+        if (signal === "SIGSTOP") rc.signal(victim.port, "SIGCONT")
+        const alive = signal === "SIGSTOP" ? ports : ports.filter((p) => p !== victim.port)
         expect(peakClients).toBeGreaterThan(1)
         yield* waitFor("connections were left open", async () => {
-          const counts = await Promise.all(ports.map(connectedClients))
+          const counts = await Promise.all(alive.map(connectedClients))
           // each count includes the connection asking
           return counts.every((c) => c === 1)
         }, 5000)
