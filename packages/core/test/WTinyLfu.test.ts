@@ -117,6 +117,30 @@ describe("WTinyLfu", () => {
     expect(frequent.currentWindowFraction).toBeLessThan(0.05)
   })
 
+  it("follows a recency-skewed trace to within 5% of LRU: the window can take the whole cache, and fast", () => {
+    // Every key is hot for a while, then never again: the best split is all window (a plain LRU).
+    // Before the window could pass 80% and before strong gains boosted the climber's steps, this
+    // scored 0.68 against LRU's 0.89 (the window spent most of the run climbing).
+    const random = prng(7)
+    const trace = Array.from({ length: 200_000 }, (_, i) => Math.floor(i / 10) + Math.floor(random() * 80))
+    const policy = new WTinyLfu<number, number>({ maxEntries: 100 })
+    let hits = 0
+    for (const key of trace) if (policy.access(key)) hits++
+    expect(policy.currentWindowFraction).toBeGreaterThan(0.9)
+    // measured: 0.877 vs LRU 0.895
+    expect(hits).toBeGreaterThan(lruHits(trace, 100) * 0.95)
+  })
+
+  it("with the window at 100%, evicts in LRU order", () => {
+    const policy = new WTinyLfu<number, number>({ maxEntries: 10, initialWindowFraction: 1, adaptive: false })
+    // key 0 is the most frequent, but a plain LRU does not care
+    for (let round = 0; round < 5; round++) policy.access(0)
+    for (let i = 1; i <= 10; i++) policy.access(i)
+    expect(policy.peek(0)).toBeUndefined()
+    for (let i = 1; i <= 10; i++) expect(policy.has(i)).toBe(true)
+    expect(policy.regionSizes()).toEqual({ window: 10, probation: 0, protected: 0 })
+  })
+
   it("bounds total weight, evicts by weight and refuses an entry heavier than the maximum", () => {
     const removed: Array<[string, RemovalReason]> = []
     const policy = new WTinyLfu<string, string>({
