@@ -93,6 +93,7 @@ export interface CacheBackend {
   /**
    * In-process backends only: a synchronous read for the hot path (no Effect allocated). Same
    * semantics as `get` (expired past `staleUntil` = miss); `now` is the caller's `Clock` reading.
+   * `undefined` is a final miss unless `unsafeSyncMissIsFinal` is `false`.
    */
   readonly unsafeGetSync?: ((key: string, now: number) => CacheEntry | undefined) | undefined
   /**
@@ -100,9 +101,24 @@ export interface CacheBackend {
    * frequency). For a probe that will be followed by a real read, so one request is counted once.
    */
   readonly unsafePeekSync?: ((key: string, now: number) => CacheEntry | undefined) | undefined
+  /**
+   * Whether `undefined` from `unsafeGetSync`/`unsafePeekSync` means "not stored" (`true`, the
+   * default when absent) or only "not in the synchronous part" (`false`: a `TieredCache` whose
+   * memory L1 misses while a lower tier may still hold the key). When `false`, a caller that gets
+   * `undefined` must ask `get` (or `streaming.getStream`) before treating the key as a miss; an
+   * `undefined` from `unsafeGetSync` then has counted nothing, so the `get` counts the miss once.
+   * An entry returned is an answer either way (the same one `get` would give).
+   */
+  readonly unsafeSyncMissIsFinal?: boolean | undefined
   /** Largest value in bytes this backend accepts (`EntryTooLarge` above it). */
   readonly maxEntrySize?: number | undefined
 }
+
+/**
+ * Whether an `undefined` from `backend`'s synchronous reads is a final miss (see
+ * `CacheBackend.unsafeSyncMissIsFinal`).
+ */
+export const syncMissIsFinal = (backend: CacheBackend): boolean => backend.unsafeSyncMissIsFinal !== false
 
 /** The backend a `Cache` runs on. */
 export class CacheBackendTag extends Context.Tag("@cachekit/core/CacheBackend")<CacheBackendTag, CacheBackend>() {}

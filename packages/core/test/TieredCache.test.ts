@@ -1,4 +1,5 @@
-import { Cache, CacheEntry, InvalidationBus, MemoryBackend, TieredCache } from "@cachekit/core"
+import type { CacheBackend } from "@cachekit/core"
+import { Cache, CacheEntry, CacheError, InvalidationBus, MemoryBackend, TieredCache } from "@cachekit/core"
 import { describe, expect, it } from "@effect/vitest"
 import { Clock, Context, Effect, Fiber, Layer, Metric, Option, TestClock } from "effect"
 import { entryAt, makeEntry, makeMapBackend, str } from "./fixtures/tierFixtures.js"
@@ -478,5 +479,141 @@ describe("TieredCache under the Cache service", () => {
       yield* quiesce
       expect(computes).toBe(1)
       expect(decode(yield* cache.getOrCompute("k", compute, options))).toBe("v2")
+    }))
+})
+
+describe("TieredCache synchronous reads (the face's unsafePeekSync / unsafeGetSync)", () => {
+  /** A memory L1 (it can peek and read synchronously) over a map L2. */
+  const memoryOverMap = (l1Options?: Partial<TieredCache.Tier>) =>
+    Effect.gen(function*() {
+      const memory = yield* MemoryBackend.make({ maxEntries: 100 })
+      const l2 = makeMapBackend("l2")
+      const tiered = yield* TieredCache.make([{ backend: memory, name: "l1", ...l1Options }, {
+        backend: l2,
+        name: "l2"
+      }])
+      const face = tiered.backend
+      if (face.unsafeGetSync === undefined || face.unsafePeekSync === undefined) {
+        return expect.fail("expected the tiers' face to read synchronously over a memory L1")
+      }
+      const counts = Effect.map(
+        Effect.zip(tiered.stats, memory.stats),
+        ([tiers, own]) => ({ tiers: tiers.map((t) => [t.name, t.hits, t.misses]), memory: [own.hits, own.misses] })
+      )
+      return { memory, l2, tiered, face, getSync: face.unsafeGetSync, peekSync: face.unsafePeekSync, counts }
+    })
+
+  it.scoped("answers an L1 hit synchronously, counted once in the tier stats, L1's own stats and the hit listeners; a peek counts nothing", () =>
+    Effect.gen(function*() {
+      const { counts, face, getSync, peekSync, tiered } = yield* memoryOverMap()
+      expect(face.unsafeSyncMissIsFinal).toBe(false)
+      const heard: Array<[string, number]> = []
+      yield* tiered.observeHits((key, _entry, tier) => heard.push([key, tier]))
+      yield* tiered.set("k", yield* makeEntry("v", MINUTE))
+      const now = yield* Clock.currentTimeMillis
+
+      expect(str(peekSync("k", now)!)).toBe("v")
+      expect(yield* counts).toEqual({ tiers: [["l1", 0, 0], ["l2", 0, 0]], memory: [0, 0] })
+      expect(heard).toEqual([])
+
+      expect(str(getSync("k", now)!)).toBe("v")
+      expect(yield* counts).toEqual({ tiers: [["l1", 1, 0], ["l2", 0, 0]], memory: [1, 0] })
+      expect(heard).toEqual([["k", 0]])
+    }))
+
+  it.scoped("an L1 miss is not final: the sync read answers undefined and counts nothing, the get after it finds L2 and counts once", () =>
+    Effect.gen(function*() {
+      const { counts, getSync, memory, peekSync, tiered } = yield* memoryOverMap()
+      yield* tiered.set("k", yield* makeEntry("v", MINUTE))
+      yield* memory.delete("k")
+      const now = yield* Clock.currentTimeMillis
+
+      expect(peekSync("k", now)).toBeUndefined()
+      expect(getSync("k", now)).toBeUndefined()
+      expect(yield* counts).toEqual({ tiers: [["l1", 0, 0], ["l2", 0, 0]], memory: [0, 0] })
+
+      expect(yield* getValue(tiered, "k")).toEqual(Option.some("v"))
+      expect(yield* counts).toEqual({ tiers: [["l1", 0, 1], ["l2", 1, 0]], memory: [0, 1] })
+      // promoted: the next sync read answers from L1
+      expect(str(getSync("k", now)!)).toBe("v")
+      expect((yield* counts).tiers).toEqual([["l1", 1, 1], ["l2", 1, 0]])
+    }))
+
+  it.scoped("follows L1's own lifetime: an entry past its L1 expiry is not answered synchronously, L2's longer copy still is by get", () =>
+    Effect.gen(function*() {
+      const { getSync, peekSync, tiered } = yield* TieredCache.make([
+        { backend: yield* MemoryBackend.make({ maxEntries: 100 }) },
+        { backend: makeMapBackend("l2"), ttlScale: 2 }
+      ]).pipe(
+        Effect.map((t) => ({ tiered: t, getSync: t.backend.unsafeGetSync!, peekSync: t.backend.unsafePeekSync! }))
+      )
+      yield* tiered.set("k", yield* makeEntry("v", MINUTE))
+      yield* TestClock.adjust(MINUTE - 1)
+      expect(getSync("k", yield* Clock.currentTimeMillis)).toBeDefined()
+      yield* TestClock.adjust(1)
+      expect(peekSync("k", yield* Clock.currentTimeMillis)).toBeUndefined()
+      expect(getSync("k", yield* Clock.currentTimeMillis)).toBeUndefined()
+      expect(yield* getValue(tiered, "k")).toEqual(Option.some("v"))
+    }))
+
+  it.scoped("does not read L1 while its circuit is open: undefined (ask get), and get serves from L2", () =>
+    Effect.gen(function*() {
+      const memory = yield* MemoryBackend.make({ maxEntries: 100 })
+      let failSets = false
+      const flaky: CacheBackend.CacheBackend = {
+        ...memory,
+        set: (key, entry) =>
+          failSets ? Effect.fail(CacheError.backendUnavailable("l1", "set", "down")) : memory.set(key, entry)
+      }
+      const l2 = makeMapBackend("l2")
+      const tiered = yield* TieredCache.make([
+        { backend: flaky, name: "l1", breaker: { failureThreshold: 1, resetAfter: "10 seconds" } },
+        { backend: l2, name: "l2" }
+      ])
+      yield* tiered.set("k", yield* makeEntry("v", 10 * MINUTE))
+      failSets = true
+      yield* tiered.set("other", yield* makeEntry("w", 10 * MINUTE)) // L1 fails: its circuit opens
+      expect((yield* tiered.stats)[0]!.breaker).toBe("open")
+      const now = yield* Clock.currentTimeMillis
+      expect(memory.unsafePeekSync("k", now)).toBeDefined()
+      expect(tiered.backend.unsafePeekSync!("k", now)).toBeUndefined()
+      expect(tiered.backend.unsafeGetSync!("k", now)).toBeUndefined()
+      expect(yield* getValue(tiered, "k")).toEqual(Option.some("v"))
+      // L1 skipped twice: the read, then the promotion of what L2 found
+      expect((yield* tiered.stats).map((s) => [s.name, s.hits, s.skipped])).toEqual([["l1", 0, 2], ["l2", 1, 0]])
+    }))
+
+  it.scoped("an L1 that cannot peek gives the face no synchronous reads", () =>
+    Effect.gen(function*() {
+      const { make } = twoTiers()
+      const tiered = yield* make
+      expect(tiered.backend.unsafeGetSync).toBeUndefined()
+      expect(tiered.backend.unsafePeekSync).toBeUndefined()
+      expect(tiered.backend.unsafeSyncMissIsFinal).toBeUndefined()
+    }))
+
+  it.scoped("a Cache over the tiers reads a key only L2 holds from L2 (no compute) and L1 hits without a walk", () =>
+    Effect.gen(function*() {
+      const memory = yield* MemoryBackend.make({ maxEntries: 100 })
+      const l2 = makeMapBackend("l2")
+      const ctx = yield* Layer.build(
+        Cache.layer().pipe(Layer.provideMerge(TieredCache.layer([{ backend: memory }, { backend: l2 }])))
+      )
+      const cache = Context.get(ctx, Cache.Cache)
+      const tiered = Context.get(ctx, TieredCache.TieredCache)
+      yield* cache.set("k", new TextEncoder().encode("stored"), { ttl: "1 minute" })
+      yield* memory.delete("k")
+      let computes = 0
+      const compute = Effect.sync(() => {
+        computes++
+        return new TextEncoder().encode("computed")
+      })
+      const decode = (b: Uint8Array) => new TextDecoder().decode(b)
+      expect(decode(yield* cache.getOrCompute("k", compute))).toBe("stored")
+      expect(Option.map(yield* cache.get("k"), decode)).toEqual(Option.some("stored"))
+      expect(computes).toBe(0)
+      expect(l2.calls.get).toBe(1)
+      expect((yield* tiered.stats).map((s) => [s.hits, s.misses])).toEqual([[1, 1], [1, 0]])
+      expect(yield* cache.stats).toMatchObject({ hits: 2, misses: 0 })
     }))
 })

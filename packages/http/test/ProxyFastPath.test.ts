@@ -9,13 +9,15 @@ import { HttpClientCache, Proxy } from "@cachekit/http"
 import { HttpClient, HttpClientRequest, HttpClientResponse, HttpServerResponse } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Layer, Option } from "effect"
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
 import * as internal from "../src/internal/proxy.js"
+import * as proxyBackends from "../src/internal/proxyBackends.js"
 import * as fastPath from "../src/internal/proxyFastPath.js"
 import type { Fetched, Routes } from "./fixtures/proxyOrigin.js"
 import { agent, fetchVia, layerOrigin, OriginTag } from "./fixtures/proxyOrigin.js"
+import { tempDir } from "./fixtures/proxyRun.js"
 
 const text = (body: string, headers: Record<string, string>, status = 200) =>
   Effect.succeed(HttpServerResponse.text(body, { status, headers }))
@@ -233,4 +235,52 @@ describe("Proxy fast path, which requests it takes", () => {
       expect(res.headers["connection"]).toBe("close")
       expect(tracker.inFlight).toBe(0)
     }).pipe(Effect.provide(MemoryBackend.layer({ maxBytes: 1024 * 1024 }))))
+})
+
+describe("Proxy fast path over the command's default backend (memory L1 + disk L2 tiers)", () => {
+  /** The rig over what `cachekit proxy` builds by default, in a temporary directory. */
+  const tiers = Effect.gen(function*() {
+    const cache = yield* proxyBackends.make({
+      backend: proxyBackends.defaults.backend,
+      memoryMaxBytes: Option.none(),
+      l1MaxEntrySize: Option.none(),
+      diskDir: Option.some(yield* tempDir),
+      bus: "auto",
+      demo: false
+    })
+    const running = yield* Effect.provideService(rig, CacheBackend.CacheBackendTag, cache.backend)
+    const tiered = cache.tiered
+    if (tiered === undefined) return expect.fail("expected the default backend to be tiered")
+    const counts = Effect.map(tiered.stats, (all) => all.map((t) => [t.name, t.hits, t.misses]))
+    return { ...running, tiered, counts }
+  })
+
+  it.scopedLive("answers an L1 hit itself (counted once in the tier stats) and passes an L1 miss on to the Effect path uncounted", () =>
+    Effect.gen(function*() {
+      const { counts, fellThrough, prime, tiered, upstreamCalls, url } = yield* tiers
+      const dispatcher = yield* agent
+      expect(proxyBackends.defaults.backend).toBe("memory+disk")
+      yield* prime("/a")
+      const primed = yield* counts
+
+      const hit = yield* fetchVia(`${url}/a`, { dispatcher })
+      expect([hit.status, hit.text]).toEqual([200, "hello"])
+      expect(hit.headers["cache-status"]).toMatch(/^cachekit; hit; ttl=\d+$/)
+      expect(fellThrough.n).toBe(0)
+      expect(yield* counts).toEqual([["memory", primed[0]![1] as number + 1, primed[0]![2]], primed[1]])
+
+      // L1 lost it (eviction, bus reconnect): the disk L2 still has it, so the fast path must not answer
+      yield* tiered.clearLocal
+      const passed = yield* fetchVia(`${url}/a`, { dispatcher })
+      expect(passed.status).toBe(599)
+      expect(fellThrough.n).toBe(1)
+      expect(yield* counts).toEqual([["memory", primed[0]![1] as number + 1, primed[0]![2]], primed[1]])
+      // ... and the client (the Effect path) finds it in L2 and promotes it
+      yield* prime("/a")
+      expect(upstreamCalls.n).toBe(1)
+      const after = yield* counts
+      expect([after[0]![2], after[1]![1]]).toEqual([primed[0]![2] as number + 1, primed[1]![1] as number + 1])
+      const again = yield* fetchVia(`${url}/a`, { dispatcher })
+      expect([again.status, again.text, fellThrough.n]).toEqual([200, "hello", 1])
+    }))
 })

@@ -10,7 +10,7 @@ import { Cause, Deferred, Duration, Effect, Effectable, Exit, FiberId, Metric, M
 import type * as CacheApi from "../Cache.js"
 import { ComputeTimeout, TagsUnsupported } from "../Cache.js"
 import type { CacheBackend } from "../CacheBackend.js"
-import { DEFAULT_MAX_KEY_LENGTH } from "../CacheBackend.js"
+import { DEFAULT_MAX_KEY_LENGTH, syncMissIsFinal } from "../CacheBackend.js"
 import type { CacheEntry } from "../CacheEntry.js"
 import type { CacheError } from "../CacheError.js"
 import { EntryTooLarge, InvalidKey, InvalidTtl } from "../CacheError.js"
@@ -237,7 +237,20 @@ export const make = (
     // Single-flight: one Deferred per key being computed, shared by every typed view of this cache.
     const inflight = new Map<string, Waiter>()
     const syncGet = backend.unsafeGetSync
-    const core: Core = { backend, clock, defaults, maxKeyLength, maxEntrySize, stats, inflight, syncGet, scope }
+    // a tiered backend's sync read answers from its L1 only: its `undefined` sends the read to `get`
+    const syncFinal = syncMissIsFinal(backend)
+    const core: Core = {
+      backend,
+      clock,
+      defaults,
+      maxKeyLength,
+      maxEntrySize,
+      stats,
+      inflight,
+      syncGet,
+      syncFinal,
+      scope
+    }
     const bytesView = makeTyped(core, Codecs.bytes)
     const cache: CacheApi.Cache = {
       ...bytesView,
@@ -283,11 +296,13 @@ interface Core {
   readonly stats: Stats
   readonly inflight: Map<string, Waiter>
   readonly syncGet: ((key: string, now: number) => CacheEntry | undefined) | undefined
+  /** Whether `syncGet`'s `undefined` is a final miss (else ask `backend.get`). */
+  readonly syncFinal: boolean
   readonly scope: Scope.Scope
 }
 
 const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
-  const { backend, clock, defaults, inflight, maxEntrySize, maxKeyLength, scope, stats, syncGet } = core
+  const { backend, clock, defaults, inflight, maxEntrySize, maxKeyLength, scope, stats, syncFinal, syncGet } = core
   const memo = new WeakMap<CacheEntry, Memo<A>>()
 
   const remember = (entry: CacheEntry, value: A): Memo<A> => {
@@ -388,9 +403,10 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
   }
 
   /** The hot path of an in-process backend: one Clock read, one synchronous lookup. */
-  const readSync = (key: string, allowStale: boolean): Effect.Effect<Option.Option<A>> => {
+  const readSync = (key: string, allowStale: boolean): Effect.Effect<Option.Option<A>, CacheError> => {
     const now = clock.unsafeCurrentTimeMillis()
     const entry = syncGet!(key, now)
+    if (entry === undefined && !syncFinal) return readAsync(key, allowStale)
     // The common case inline: a fresh, already decoded value.
     if (entry !== undefined && now < entry.expiresAt && entry.meta === undefined) {
       const m = memo.get(entry)
@@ -408,13 +424,14 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
     if (syncGet !== undefined) {
       return lookup(readSync, key, allowStale, undefined, undefined)
     }
-    return Effect.suspend(() =>
-      Effect.flatMap(
-        backend.get(key),
-        (found) => onEntryForGet(key, Option.getOrUndefined(found), clock.unsafeCurrentTimeMillis(), allowStale)
-      )
-    )
+    return Effect.suspend(() => readAsync(key, allowStale))
   }
+
+  const readAsync = (key: string, allowStale: boolean): Effect.Effect<Option.Option<A>, CacheError> =>
+    Effect.flatMap(
+      backend.get(key),
+      (found) => onEntryForGet(key, Option.getOrUndefined(found), clock.unsafeCurrentTimeMillis(), allowStale)
+    )
 
   // ---- set / delete -------------------------------------------------------------------------
 
@@ -683,6 +700,7 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
   ): Effect.Effect<A, E | ComputeTimeout | CacheApi.InputError, R> => {
     const now = clock.unsafeCurrentTimeMillis()
     const entry = syncGet!(key, now)
+    if (entry === undefined && !syncFinal) return readOrComputeAsync(key, compute, r, options)
     // The common case inline: a fresh, already decoded value outside the refresh-ahead window.
     if (entry !== undefined && now < entry.expiresAt - r.refreshAhead && entry.meta === undefined) {
       const m = memo.get(entry)
@@ -706,20 +724,26 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
     if (syncGet !== undefined) {
       return lookup(readOrComputeSync<E, R>, key, compute, r, options)
     }
-    return Effect.suspend(() =>
-      Effect.matchEffect(backend.get(key), {
-        // A backend that is down falls back to the compute (single-flight still applies).
-        onFailure: () =>
-          Effect.suspend(() => {
-            stats.bump("backendErrors")
-            stats.bump("misses")
-            return awaitCompute(key, compute, r, options, undefined)
-          }),
-        onSuccess: (found) =>
-          onEntryForCompute(key, Option.getOrUndefined(found), clock.unsafeCurrentTimeMillis(), compute, r, options)
-      })
-    )
+    return Effect.suspend(() => readOrComputeAsync(key, compute, r, options))
   }
+
+  const readOrComputeAsync = <E, R>(
+    key: string,
+    compute: Effect.Effect<A, E, R>,
+    r: Resolved,
+    options: CacheApi.ComputeOptions<A, E> | undefined
+  ): Effect.Effect<A, E | ComputeTimeout | CacheApi.InputError, R> =>
+    Effect.matchEffect(backend.get(key), {
+      // A backend that is down falls back to the compute (single-flight still applies).
+      onFailure: () =>
+        Effect.suspend(() => {
+          stats.bump("backendErrors")
+          stats.bump("misses")
+          return awaitCompute(key, compute, r, options, undefined)
+        }),
+      onSuccess: (found) =>
+        onEntryForCompute(key, Option.getOrUndefined(found), clock.unsafeCurrentTimeMillis(), compute, r, options)
+    })
 
   return { get, set, delete: del, getOrCompute }
 }

@@ -8,6 +8,7 @@
 import type { Clock } from "effect"
 import { Effect, Option } from "effect"
 import type { CacheBackend, ScanCapability, TagCapability } from "../CacheBackend.js"
+import { syncMissIsFinal } from "../CacheBackend.js"
 import type { CacheEntry } from "../CacheEntry.js"
 
 /** @internal */
@@ -88,6 +89,7 @@ export const wrap = (
   }
 
   const syncGet = inner.unsafeGetSync
+  const syncFinal = syncMissIsFinal(inner)
   return {
     name: inner.name,
     get: (key) =>
@@ -124,9 +126,11 @@ export const wrap = (
     // Kept so a Cache on the test layer takes the same synchronous hot path as on MemoryBackend.
     unsafeGetSync: syncGet === undefined ? undefined : (key, t) => {
       const entry = syncGet(key, t)
-      push({ op: "get", key, outcome: outcomeOf(entry, t), at: t })
+      // a non-final sync miss is followed by `get`, which records the read
+      if (entry !== undefined || syncFinal) push({ op: "get", key, outcome: outcomeOf(entry, t), at: t })
       return entry
     },
+    unsafeSyncMissIsFinal: inner.unsafeSyncMissIsFinal,
     maxEntrySize: inner.maxEntrySize
   }
 }

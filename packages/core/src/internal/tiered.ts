@@ -443,6 +443,30 @@ export const make = (
       })
     }
 
+    // -- synchronous reads: the face's unsafePeekSync / unsafeGetSync ------------------------
+    // Offered when L1 can both peek and read synchronously (an in-process memory tier). They only
+    // ever answer from L1: `undefined` means "not in L1, or L1's circuit is not closed", never a
+    // final miss (the face says `unsafeSyncMissIsFinal: false`); the caller then asks `get`, which
+    // walks the lower tiers and counts the miss once, because the sync miss counted nothing.
+
+    const l1Peek = first?.backend.unsafePeekSync
+    const l1Get = first?.sync
+    const l1Usable = () => (first!.breaker?.state ?? "closed") === "closed"
+    const peekSync = l1Peek === undefined || l1Get === undefined
+      ? undefined
+      : (key: string, now: number): CacheEntry | undefined => l1Usable() ? l1Peek(key, now) : undefined
+    const getSync = l1Peek === undefined || l1Get === undefined
+      ? undefined
+      : (key: string, now: number): CacheEntry | undefined => {
+        if (!l1Usable() || l1Peek(key, now) === undefined) return undefined
+        // a hit: read for real, so L1 counts it and records the key's frequency, as `get` does
+        const entry = l1Get(key, now)
+        if (entry === undefined) return undefined
+        first!.counters.hits++
+        notify(key, entry, 0)
+        return entry
+      }
+
     // -- writes -----------------------------------------------------------------------------
 
     const setLocal = (key: string, entry: CacheEntry, setOptions: SetOptions | undefined) =>
@@ -803,7 +827,10 @@ export const make = (
             Effect.map((r) => r.affected)
           )
       },
-      maxEntrySize: sizes.every(Number.isFinite) ? Math.max(...sizes) : undefined
+      maxEntrySize: sizes.every(Number.isFinite) ? Math.max(...sizes) : undefined,
+      unsafeGetSync: getSync,
+      unsafePeekSync: peekSync,
+      unsafeSyncMissIsFinal: getSync === undefined ? undefined : false
     }
 
     return {

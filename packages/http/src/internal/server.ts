@@ -281,7 +281,11 @@ export const make = (
     // -- backend access (failures are misses / skipped stores: the cache never breaks a response) --
 
     const read = (key: string, now: number): Effect.Effect<CacheEntry.CacheEntry | undefined> => {
-      if (backend.unsafeGetSync !== undefined) return Effect.succeed(backend.unsafeGetSync(key, now))
+      if (backend.unsafeGetSync !== undefined) {
+        const entry = backend.unsafeGetSync(key, now)
+        // a tiered backend's sync read is its L1 only: a lower tier may still have the key
+        if (entry !== undefined || Backend.syncMissIsFinal(backend)) return Effect.succeed(entry)
+      }
       return backend.get(key).pipe(
         Effect.map(Option.getOrUndefined),
         Effect.catchAll((error) =>
