@@ -13,6 +13,7 @@ import { HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platf
 import { NodeHttpClient, NodeHttpServer } from "@effect/platform-node"
 import type { Scope } from "effect"
 import { Config, ConfigError, Console, Context, Data, Effect, Either, Layer, Option } from "effect"
+import type * as HttpClientCache from "../HttpClientCache.js"
 import * as Proxy from "../Proxy.js"
 import type { BackendKind, BusKind, CliError } from "./cliArgs.js"
 import { BACKENDS, BUSES, configProvider } from "./cliArgs.js"
@@ -37,17 +38,7 @@ export const settingsConfig = Config.all({
   upstream: Config.option(Config.string("CACHEKIT_UPSTREAM")),
   port: portConfig("CACHEKIT_PORT", Proxy.defaults.port),
   host: Config.string("CACHEKIT_HOST").pipe(Config.withDefault(Proxy.defaults.host)),
-  // N worker processes (0 = one per CPU); the flag parser already turned `auto` into 0
-  instances: Config.string("CACHEKIT_INSTANCES").pipe(
-    Config.withDefault("1"),
-    Config.mapOrFail((text) =>
-      text === "auto" || (/^\d+$/.test(text) && Number(text) <= 1024)
-        ? Either.right(text === "auto" ? 0 : Number(text))
-        : Either.left(ConfigError.InvalidData([], `CACHEKIT_INSTANCES: "${text}" is not 1-1024, 0 or auto`))
-    )
-  ),
-  upstreamTimeout: durationConfig("CACHEKIT_UPSTREAM_TIMEOUT", Proxy.defaults.upstreamTimeoutMillis),
-  shutdownGrace: durationConfig("CACHEKIT_SHUTDOWN_GRACE", Proxy.defaults.shutdownGraceMillis),
+  instances: ProxyCluster.instancesConfig,
   backend: Config.literal(...BACKENDS)("CACHEKIT_BACKEND").pipe(
     Config.withDefault<BackendKind>(ProxyBackends.defaults.backend)
   ),
@@ -275,7 +266,7 @@ export const start = (
       }
     }
     const context = yield* Layer.build(
-      proxyLayer(settings, upstream, mount, worker).pipe(
+      proxyLayer(settings, upstream, mount, worker, cache.singleFlight).pipe(
         Layer.provide(Layer.succeed(CacheBackend.CacheBackendTag, cache.backend))
       )
     )
@@ -288,7 +279,9 @@ const proxyLayer = (
   settings: Settings,
   upstream: string,
   mount: ((app: HttpApp.Default) => HttpApp.Default) | undefined,
-  worker: ProxyCluster.WorkerIdentity | undefined
+  worker: ProxyCluster.WorkerIdentity | undefined,
+  /** The cross-process gate of misses (`--single-flight`), when on. */
+  singleFlight: HttpClientCache.DistributedSingleFlight | undefined
 ): Layer.Layer<
   Proxy.ProxyTag,
   Proxy.InvalidUpstream | Proxy.ServeError,
@@ -311,7 +304,8 @@ const proxyLayer = (
       name: settings.cacheStatusName,
       targetedCacheControl: settings.targetedCacheControl,
       ...(Option.isSome(settings.maxBodySize) ? { maxBodySize: settings.maxBodySize.value } : {}),
-      ...(Option.isSome(settings.maxTtl) ? { maxTtl: settings.maxTtl.value } : {})
+      ...(Option.isSome(settings.maxTtl) ? { maxTtl: settings.maxTtl.value } : {}),
+      ...(singleFlight === undefined ? {} : { distributedSingleFlight: singleFlight })
     }
   })
 }

@@ -27,6 +27,7 @@ type ValueKind =
   | "list"
   | "backend"
   | "bus"
+  | "singleFlight"
   | "boolean"
   | "path"
   | "instances"
@@ -54,6 +55,9 @@ export type BackendKind = typeof BACKENDS[number]
 
 export const BUSES = ["auto", "redis", "none"] as const
 export type BusKind = typeof BUSES[number]
+
+export const SINGLE_FLIGHTS = ["auto", "redis", "none"] as const
+export type SingleFlightKind = typeof SINGLE_FLIGHTS[number]
 
 /** Flags of `cachekit proxy`, in help order. */
 export const proxyFlags: Readonly<Record<string, FlagSpec>> = {
@@ -89,6 +93,13 @@ export const proxyFlags: Readonly<Record<string, FlagSpec>> = {
     kind: "bus",
     placeholder: BUSES.join("|"),
     help: "invalidation bus between proxy instances (default auto: redis pub/sub with memory+redis)"
+  },
+  "single-flight": {
+    env: "CACHEKIT_SINGLE_FLIGHT",
+    kind: "singleFlight",
+    placeholder: SINGLE_FLIGHTS.join("|"),
+    help: "one origin request per missed key across processes sharing the L2, by a Redis lock " +
+      "(default auto: on with redis and memory+redis)"
   },
   "memory-max-bytes": {
     env: "CACHEKIT_MEMORY_MAX_BYTES",
@@ -216,6 +227,11 @@ const checkValue = (spec: FlagSpec, value: string): Either.Either<string, string
       return (BUSES as ReadonlyArray<string>).includes(value)
         ? Either.right(value)
         : Either.left(`"${value}" is not one of ${BUSES.join(", ")}`)
+    }
+    case "singleFlight": {
+      return (SINGLE_FLIGHTS as ReadonlyArray<string>).includes(value)
+        ? Either.right(value)
+        : Either.left(`"${value}" is not one of ${SINGLE_FLIGHTS.join(", ")}`)
     }
     case "instances": {
       return value === "auto" || (/^\d+$/.test(value) && Number(value) <= 1024)

@@ -4,6 +4,12 @@
  * `memory+memcached`), with the Redis Pub/Sub `InvalidationBus` when the L2 is shared. Also the
  * admin target of whatever was built (per-tier stats for tiers).
  *
+ * Distributed single-flight (`CACHEKIT_SINGLE_FLIGHT`, `--single-flight auto|redis|none`): over a
+ * shared L2 a `RedisSingleFlight` (same Redis URL, prefix, cluster and command timeout as the
+ * backend) gates the leader of every miss across processes, so a stampede spread over several proxy
+ * processes reaches the origin once (see `HttpClientCache.Options.distributedSingleFlight`). `auto`
+ * (the default) turns it on with a Redis L2 (`redis`, `memory+redis`).
+ *
  * Large bodies and the memory+disk tiers: the memory L1 takes entries up to `l1MaxEntrySize`; larger
  * ones live on disk only and are STREAMED from it. `TieredCache`'s face has no streaming capability,
  * so the disk tier is wrapped: its `get` answers a large entry with its metadata only (empty value,
@@ -14,15 +20,25 @@
  * @internal
  */
 import { AdminTarget } from "@cachekit/admin"
-import { DiskBackend, MemcachedBackend, RedisBackend, RedisInvalidationBus } from "@cachekit/backends"
-import type { CacheBackend, CacheEntry, CacheError, InvalidationBus } from "@cachekit/core"
-import { MemoryBackend, TieredCache } from "@cachekit/core"
+import {
+  DiskBackend,
+  MemcachedBackend,
+  RedisBackend,
+  RedisInvalidationBus,
+  RedisSingleFlight
+} from "@cachekit/backends"
+import type { CacheBackend, CacheEntry, InvalidationBus } from "@cachekit/core"
+import { CacheError, MemoryBackend, TieredCache } from "@cachekit/core"
 import type { Scope } from "effect"
 import { Chunk, Config, ConfigError, Effect, Option, Stream } from "effect"
 import { mkdtemp, rm } from "node:fs/promises"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
-import type { BackendKind, BusKind } from "./cliArgs.js"
+import * as HttpClientCache from "../HttpClientCache.js"
+import { defaults as proxyDefaults } from "../Proxy.js"
+import type { BackendKind, BusKind, SingleFlightKind } from "./cliArgs.js"
+import { SINGLE_FLIGHTS } from "./cliArgs.js"
+import { durationConfig } from "./proxy.js"
 
 /** The defaults the help text and docs quote. */
 export const defaults = {
@@ -52,6 +68,8 @@ export interface ProxyCache {
   readonly tiered: TieredCache.TieredCache | undefined
   /** The admin API's view of it (per-tier stats, hot keys from the memory tier, invalidation). */
   readonly adminTarget: AdminTarget.AdminTarget
+  /** The cross-process gate of misses, when on (`--single-flight`). */
+  readonly singleFlight: HttpClientCache.DistributedSingleFlight | undefined
   /** One line for the banner, e.g. `memory (64 MiB, entries <= 1 MiB) + disk (./.cachekit), bus: redis`. */
   readonly description: string
 }
@@ -168,13 +186,85 @@ const tempDir = Effect.acquireRelease(
 const redisUrl = Config.string("CACHEKIT_REDIS_URL").pipe(Config.withDefault("redis://127.0.0.1:6379"))
 const redisPrefix = Config.string("CACHEKIT_REDIS_PREFIX").pipe(Config.withDefault("cachekit:"))
 
+const singleFlightConfig = Config.literal(...SINGLE_FLIGHTS)("CACHEKIT_SINGLE_FLIGHT").pipe(
+  Config.withDefault<SingleFlightKind>("auto")
+)
+/** Backends whose entries every process reads (a gate is pointless over a per-process or per-machine cache). */
+const SHARED_L2: ReadonlyArray<BackendKind> = ["redis", "memory+redis", "memcached", "memory+memcached"]
+
+/**
+ * The gate for `--single-flight` (default `auto`: on over a Redis L2). It uses the backend's Redis
+ * settings (`CACHEKIT_REDIS_URL`, `_PREFIX`, `_CLUSTER`, `_COMMAND_TIMEOUT`); a waiter waits at most
+ * the upstream timeout for another process's fetch, then fetches itself.
+ */
+const makeSingleFlight = (backend: BackendKind) =>
+  Effect.gen(function*() {
+    const kind = yield* singleFlightConfig
+    const on = kind === "redis" || (kind === "auto" && (backend === "redis" || backend === "memory+redis"))
+    if (!on) return undefined
+    if (!SHARED_L2.includes(backend)) {
+      return yield* Effect.fail(
+        ConfigError.InvalidData(
+          ["CACHEKIT_SINGLE_FLIGHT"],
+          "--single-flight redis needs a shared L2 (redis, memory+redis, memcached or memory+memcached); " +
+            `with ${backend} no other process could read what one stores`
+        )
+      )
+    }
+    const redis = yield* RedisBackend.config
+    const waitMillis = yield* durationConfig("CACHEKIT_UPSTREAM_TIMEOUT", proxyDefaults.upstreamTimeoutMillis)
+    const flight = yield* RedisSingleFlight.make({
+      url: redis.url,
+      prefix: redis.prefix,
+      cluster: redis.cluster,
+      commandTimeout: redis.commandTimeout,
+      waitTimeout: waitMillis
+    }).pipe(
+      Effect.mapError((error) =>
+        new CacheError.BackendUnavailable({
+          backend: "redis single-flight",
+          operation: error.operation,
+          cause: error.cause,
+          message: error.message
+        })
+      )
+    )
+    return HttpClientCache.redisSingleFlight(flight)
+  })
+
 const single = (
   backend: CacheBackend.CacheBackend,
   description: string
-): ProxyCache => ({ backend, tiered: undefined, adminTarget: AdminTarget.fromBackend(backend), description })
+): ProxyCache => ({
+  backend,
+  tiered: undefined,
+  adminTarget: AdminTarget.fromBackend(backend),
+  singleFlight: undefined,
+  description
+})
 
-/** Builds the backend (or tiers, and the bus) for `settings`; everything is closed with the scope. */
+/** Adds the cross-process gate (and says so in the banner line) when `--single-flight` turns it on. */
+const withSingleFlight = (settings: CacheSettings) => (cache: ProxyCache) =>
+  Effect.map(makeSingleFlight(settings.backend), (singleFlight): ProxyCache =>
+    singleFlight === undefined ? cache : {
+      ...cache,
+      singleFlight,
+      description: `${cache.description}, single-flight: redis`
+    })
+
+/**
+ * Builds the backend (or tiers, and the bus), and the single-flight gate, for `settings`; everything
+ * is closed with the scope.
+ */
 export const make = (
+  settings: CacheSettings
+): Effect.Effect<
+  ProxyCache,
+  CacheError.CacheError | ConfigError.ConfigError | InvalidationBus.InvalidationBusError,
+  Scope.Scope
+> => Effect.flatMap(makeCache(settings), withSingleFlight(settings))
+
+const makeCache = (
   settings: CacheSettings
 ): Effect.Effect<
   ProxyCache,
@@ -267,6 +357,7 @@ export const make = (
           backend,
           tiered,
           adminTarget: AdminTarget.fromTieredCache(tiered, { tiers: [l1, l2] }),
+          singleFlight: undefined,
           description: `memory (up to ${mib(memoryBytes)}, entries <= ${mib(l1Max)}) + ${l2Description}` +
             (bus === undefined ? "" : ", invalidation bus: redis pub/sub")
         }
