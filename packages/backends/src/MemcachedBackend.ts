@@ -1,7 +1,10 @@
 /**
  * A `CacheBackend` on one or more Memcached servers (memjs, binary protocol). Keys are spread
  * over the servers by a consistent hash ring with one client per server, so a dead server fails
- * only its own keys (`BackendUnavailable`) while the others keep serving. Values are the core wire
+ * only its own keys (`BackendUnavailable`) while the others keep serving; after `markDownAfter`
+ * consecutive failures it is marked down, so its keys fail at once rather than each waiting for the
+ * timeout, and one request probes it every `retryDownAfter`. Its keys are never moved to another
+ * server (`onServerDown: "miss"` turns their reads into misses instead of errors). Values are the core wire
  * format (binary safe); TTLs over 30 days are sent as absolute unix times, as memcached requires;
  * keys memcached cannot store (over 250 bytes, spaces, control or non-ASCII characters) are
  * replaced by a SHA-256 digest.
@@ -39,6 +42,22 @@ export interface Options {
   readonly pointsPerServer?: number | undefined
   /** Name reported by `health` and in errors. Default `memcached`. */
   readonly name?: string | undefined
+  /**
+   * Consecutive failures (unreachable or timed out) after which a server is marked down: its keys
+   * then fail at once instead of each request waiting for the timeout. Default 3.
+   */
+  readonly markDownAfter?: number | undefined
+  /** How long a server marked down is skipped before one request probes it again. Default 1 second. */
+  readonly retryDownAfter?: Duration.DurationInput | undefined
+  /**
+   * What `get` gives for a key whose server is down (unreachable, timed out or marked down):
+   * `"error"` (default) a typed `BackendUnavailable` / `BackendTimeout`, `"miss"` no entry. Either
+   * way the key is not moved to another server, and `set`/`delete`/`clear` still fail typed (a
+   * delete that did not happen must not look done: the server may come back with the old value).
+   * `Cache.getOrCompute` and the HTTP proxy already treat a failed read as a miss, so `"miss"` only
+   * changes what direct `get` callers (and `Cache.get`) see.
+   */
+  readonly onServerDown?: "error" | "miss" | undefined
 }
 
 /** Creates one client per server; they are closed when the scope closes. */
@@ -49,7 +68,10 @@ export const make = (options: Options = {}): Effect.Effect<CacheBackend.CacheBac
     timeoutMillis: Duration.toMillis(options.timeout ?? Duration.millis(500)),
     maxEntrySize: options.maxEntrySize ?? 1_000_000,
     pointsPerServer: options.pointsPerServer ?? 160,
-    name: options.name ?? "memcached"
+    name: options.name ?? "memcached",
+    markDownAfter: Math.max(1, options.markDownAfter ?? 3),
+    retryDownAfterMillis: Duration.toMillis(options.retryDownAfter ?? Duration.seconds(1)),
+    onServerDown: options.onServerDown ?? "error"
   })
 
 /** The backend as a Layer. */

@@ -44,6 +44,8 @@ export const waitForPort = async (port: number, child: ChildProcess, timeoutMill
 export interface ServerProcess {
   readonly port: number
   readonly kill: () => Promise<void>
+  /** Sends `signal` (SIGSTOP/SIGCONT hang and resume the server). */
+  readonly signal: (signal: NodeJS.Signals) => void
 }
 
 /** SIGKILLs `child` and resolves once it has exited (at once if it already has). */
@@ -57,7 +59,7 @@ export const killProcess = (child: ChildProcess): Promise<void> =>
 const start = async (port: number, command: string, args: ReadonlyArray<string>): Promise<ServerProcess> => {
   const child = spawn(command, args, { stdio: "ignore" })
   await waitForPort(port, child)
-  return { port, kill: () => killProcess(child) }
+  return { port, kill: () => killProcess(child), signal: (sig) => void child.kill(sig) }
 }
 
 /** Arguments of a loopback `redis-server` on `port` without persistence, followed by `extra`. */

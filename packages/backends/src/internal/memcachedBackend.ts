@@ -1,6 +1,6 @@
 import type { CacheBackend as CB } from "@cachekit/core"
 import { CacheBackend, CacheEntry, CacheError } from "@cachekit/core"
-import { Clock, Effect, Either } from "effect"
+import { Cause, Clock, Effect, Either } from "effect"
 import type { Scope } from "effect"
 import memjs from "memjs"
 import { createHash } from "node:crypto"
@@ -14,6 +14,12 @@ export interface ResolvedOptions {
   readonly maxEntrySize: number
   readonly pointsPerServer: number
   readonly name: string
+  /** Consecutive failures (unreachable or timed out) after which a server is marked down. */
+  readonly markDownAfter: number
+  /** How long a server marked down is skipped before one probe is let through. */
+  readonly retryDownAfterMillis: number
+  /** What `get` returns for a key whose server is unreachable: a typed error, or a miss. */
+  readonly onServerDown: "error" | "miss"
 }
 
 /** Memcached treats an expiration over 30 days as an absolute unix time. */
@@ -42,9 +48,21 @@ export const storageKey = (prefix: string, key: string): string => {
   return `${prefix}#${createHash("sha256").update(key, "utf8").digest("base64url")}`
 }
 
+/**
+ * Whether a server is worth calling. `failures` consecutive failures at or over `markDownAfter`
+ * mark it down: its keys fail at once (no timeout paid per request) until `downUntil`, then one
+ * probe goes through; success brings it back, failure keeps it down for another period.
+ */
+interface ServerState {
+  failures: number
+  downUntil: number
+  probing: boolean
+}
+
 interface Server {
   readonly address: string
   readonly client: memjs.Client
+  readonly state: ServerState
 }
 
 const silent = { log: () => {} }
@@ -66,14 +84,16 @@ export const makeMemcachedBackend = (
             conntimeout: options.timeoutMillis / 1000,
             keepAlive: true,
             logger: silent
-          })
+          }),
+          state: { failures: 0, downUntil: 0, probing: false }
         }))
       ),
       (all) => Effect.sync(() => all.forEach((s) => s.client.close()))
     )
     const ring = HashRing.make(servers, (s) => s.address, options.pointsPerServer)
 
-    const call = <A>(server: Server, operation: string, f: () => Promise<A>) =>
+    /** One memjs call, its failure typed (no breaker: `health` uses it to see the real state). */
+    const callDirect = <A>(server: Server, operation: string, f: () => Promise<A>) =>
       Effect.tryPromise({
         try: f,
         catch: (cause): CacheError.CacheError =>
@@ -87,6 +107,43 @@ export const makeMemcachedBackend = (
             )
       })
 
+    const markedDown = (server: Server, operation: string, now: number) =>
+      CacheError.backendUnavailable(
+        name,
+        `${operation} on ${server.address}`,
+        `marked down after ${server.state.failures} consecutive failures`,
+        `not called again before ${Math.max(0, server.state.downUntil - now)} ms (then one probe); ` +
+          `its keys are not moved to other servers`
+      )
+
+    /**
+     * A call through the server's breaker: while the server is marked down its keys fail at once
+     * with `BackendUnavailable`; after `retryDownAfter` one call probes it. Keys are never sent to
+     * another server (the ring does not change), so a server that comes back still has its keys
+     * and no other server holds stale copies of them.
+     */
+    const call = <A>(server: Server, operation: string, f: () => Promise<A>) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        const state = server.state
+        const down = state.failures >= options.markDownAfter
+        if (down && (now < state.downUntil || state.probing)) return Effect.fail(markedDown(server, operation, now))
+        if (down) state.probing = true
+        return callDirect(server, operation, f).pipe(
+          Effect.onExit((exit) =>
+            Effect.flatMap(Clock.currentTimeMillis, (after) =>
+              Effect.sync(() => {
+                if (down) state.probing = false
+                if (exit._tag === "Success") {
+                  state.failures = 0
+                } else if (!Cause.isInterruptedOnly(exit.cause)) {
+                  state.failures++
+                  if (state.failures >= options.markDownAfter) state.downUntil = after + options.retryDownAfterMillis
+                }
+              }))
+          )
+        )
+      })
+
     const locate = (key: string) =>
       Effect.map(CacheBackend.validateKey(key), (k) => {
         const stored = storageKey(prefix, k)
@@ -96,7 +153,13 @@ export const makeMemcachedBackend = (
     const get = (key: string) =>
       Effect.gen(function*() {
         const { server, stored } = yield* locate(key)
-        const { value } = yield* call(server, "get", () => server.client.get(stored))
+        const read = call(server, "get", () => server.client.get(stored))
+        const { value } = yield* options.onServerDown === "miss"
+          ? Effect.catchTags(read, {
+            BackendUnavailable: () => Effect.succeed({ value: null }),
+            BackendTimeout: () => Effect.succeed({ value: null })
+          })
+          : read
         // memcached expires in whole seconds; the entry's own time (checked by readStored) is exact
         return yield* readStored(key, value, call(server, "delete undecodable", () => server.client.delete(stored)))
       })
@@ -133,7 +196,7 @@ export const makeMemcachedBackend = (
       const start = yield* Clock.currentTimeNanos
       const results = yield* Effect.forEach(
         servers,
-        (server) => Effect.either(call(server, "health", () => server.client.get(`${prefix}#health`))),
+        (server) => Effect.either(callDirect(server, "health", () => server.client.get(`${prefix}#health`))),
         { concurrency: "unbounded" }
       )
       const latencyMillis = Number((yield* Clock.currentTimeNanos) - start) / 1e6
