@@ -1,9 +1,13 @@
 /**
  * Backends: get/set latency (p50/p99) of each cachekit backend against its raw client in the same
  * run, for 1 KiB and 1 MiB values; and a streamed GET of a 100 MiB disk entry, with the peak RSS
- * growth above baseline (target < 16 MiB), against reading the entry whole.
+ * growth above baseline (target < 16 MiB), side by side with a raw `fs.createReadStream` pipe of
+ * the same file (the floor) and with reading the entry whole. Every memory measurement runs in a
+ * fresh Node process; the modes are interleaved over several rounds.
  *
  * Spawns its own redis-server and memcached on free loopback ports. Run: `npx tsc -b && npm run bench -- backends`.
+ *   CK_BENCH_PART=disk-stream   only the 100 MiB streamed GET (no servers, no latency tables)
+ *   CK_BENCH_RSS_ROUNDS=n       rounds of the memory measurement (default 5)
  */
 import { DiskBackend, MemcachedBackend, RedisBackend } from "@cachekit/backends"
 import type { CacheBackend } from "@cachekit/core"
@@ -12,11 +16,13 @@ import { Effect, Option, Stream } from "effect"
 import { Redis } from "ioredis"
 import memjs from "memjs"
 import { spawn } from "node:child_process"
-import { randomBytes } from "node:crypto"
+import { createHash, randomBytes } from "node:crypto"
+import { createReadStream } from "node:fs"
 import * as fs from "node:fs/promises"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
+import { Writable } from "node:stream"
 import { fileURLToPath } from "node:url"
 
 const KiB = 1024
@@ -122,29 +128,62 @@ const compare = async (
   return [row("set", setB, setR), row("get", getB, getR)]
 }
 
-/** Peak RSS above the baseline while `work` runs (sampled every 2 ms). */
-const peakRss = async (work: () => Promise<void>) => {
+interface Peak {
+  /** Peak RSS above the baseline, MiB. */
+  readonly growthMiB: number
+  /** Peak `process.memoryUsage().arrayBuffers` above the baseline (Buffers outside the V8 heap), MiB. */
+  readonly arrayBuffersMiB: number
+  /** Peak `heapTotal` above the baseline, MiB. */
+  readonly heapMiB: number
+  readonly millis: number
+}
+
+/** Peak memory above the baseline while `work` runs (sampled every 2 ms, baseline after `gc()`). */
+const peakRss = async (work: () => Promise<void>): Promise<Peak> => {
   gc()
   await new Promise((r) => setTimeout(r, 50))
-  const baseline = process.memoryUsage().rss
-  let peak = baseline
-  const timer = setInterval(() => {
-    peak = Math.max(peak, process.memoryUsage().rss)
-  }, 2)
+  gc()
+  const base = process.memoryUsage()
+  let rss = base.rss
+  let arrayBuffers = base.arrayBuffers
+  let heap = base.heapTotal
+  const sample = () => {
+    const m = process.memoryUsage()
+    rss = Math.max(rss, m.rss)
+    arrayBuffers = Math.max(arrayBuffers, m.arrayBuffers)
+    heap = Math.max(heap, m.heapTotal)
+  }
+  const timer = setInterval(sample, 2)
   const t0 = performance.now()
   await work()
   const millis = performance.now() - t0
   clearInterval(timer)
-  peak = Math.max(peak, process.memoryUsage().rss)
-  return { growthMiB: (peak - baseline) / MiB, millis }
+  sample()
+  return {
+    growthMiB: (rss - base.rss) / MiB,
+    arrayBuffersMiB: (arrayBuffers - base.arrayBuffers) / MiB,
+    heapMiB: (heap - base.heapTotal) / MiB,
+    millis
+  }
 }
 
-/** Runs `--rss-child <mode> <dir>` in a new Node process and returns what it measured. */
-const measureInChild = (mode: "stream" | "stream-gc" | "whole", dir: string) =>
-  new Promise<{ growthMiB: number; millis: number }>((resolve, reject) => {
+/** How the 100 MiB entry is read in a child process. */
+const rssModes = {
+  raw: "raw `fs.createReadStream` (64 KiB) piped to a discarding Writable (the floor)",
+  stream: "**getStream + `Stream.runForEach`** (64 KiB chunks, verified)",
+  "stream-fold": "getStream + `Stream.runFold` (pure per-chunk step)",
+  "stream-16k": "getStream + `Stream.runForEach`, `chunkSize: 16 KiB`",
+  "stream-gc": "getStream + runForEach, `gc()` every 64 chunks (diagnostic: live memory)",
+  whole: "whole (`get`: read + verify)"
+} as const
+type RssMode = keyof typeof rssModes
+
+/** Runs `--rss-child <mode> <dir> <content file>` in a new Node process and returns what it measured. */
+const measureInChild = (mode: RssMode, dir: string, file: string) =>
+  new Promise<Peak>((resolve, reject) => {
     const child = spawn(
       process.execPath,
-      ["--import", "tsx", "--expose-gc", fileURLToPath(import.meta.url), "--rss-child", mode, dir],
+      ["--import", "tsx", "--expose-gc", fileURLToPath(import.meta.url), "--rss-child", mode, dir, file],
       { stdio: ["ignore", "pipe", "inherit"] }
     )
     let out = ""
@@ -155,31 +194,108 @@ const measureInChild = (mode: "stream" | "stream-gc" | "whole", dir: string) =>
     })
   })
 
-/** Child mode: opens the store and reads the 100 MiB entry once, streamed or whole. */
-const child = (mode: string, dir: string) =>
+const BIG = 100 * MiB
+
+/** Child mode: opens the store and reads the 100 MiB entry once, as `mode` says. */
+const child = (mode: RssMode, dir: string, file: string) =>
   Effect.gen(function*() {
-    const disk = yield* DiskBackend.make({ directory: dir, maxBytes: 4 * 1024 * MiB, maxEntrySize: 256 * MiB })
-    const big = 100 * MiB
+    const disk = yield* DiskBackend.make({
+      directory: dir,
+      maxBytes: 4 * 1024 * MiB,
+      maxEntrySize: 256 * MiB,
+      ...(mode === "stream-16k" ? { chunkSize: 16 * KiB } : {})
+    })
     const result = yield* Effect.promise(() =>
       peakRss(async () => {
-        if (mode === "stream" || mode === "stream-gc") {
-          const got = await Effect.runPromise(disk.streaming!.getStream("big"))
-          let bytes = 0
-          let chunks = 0
-          await Effect.runPromise(Stream.runForEach(Option.getOrThrow(got).body, (c) =>
-            Effect.sync(() => {
-              bytes += c.byteLength
-              // diagnostic only: collecting dead chunks shows the live memory of the stream
-              if (mode === "stream-gc" && ++chunks % 64 === 0) gc()
-            })))
-          if (bytes !== big) throw new Error(`streamed ${bytes} bytes`)
-        } else {
+        let bytes = 0
+        if (mode === "raw") {
+          await new Promise<void>((resolve, reject) => {
+            createReadStream(file, { highWaterMark: 64 * KiB }).on("error", reject).pipe(
+              new Writable({
+                write(c: Buffer, _encoding, callback) {
+                  bytes += c.byteLength
+                  callback()
+                }
+              })
+            ).on("finish", resolve).on("error", reject)
+          })
+        } else if (mode === "whole") {
           const got = await Effect.runPromise(disk.get("big"))
-          if (Option.getOrThrow(got).value.byteLength !== big) throw new Error("short read")
+          bytes = Option.getOrThrow(got).value.byteLength
+        } else {
+          const body = Option.getOrThrow(await Effect.runPromise(disk.streaming!.getStream("big"))).body
+          if (mode === "stream-fold") {
+            bytes = await Effect.runPromise(Stream.runFold(body, 0, (n, c) => n + c.byteLength))
+          } else {
+            let chunks = 0
+            await Effect.runPromise(Stream.runForEach(body, (c) =>
+              Effect.sync(() => {
+                bytes += c.byteLength
+                // diagnostic only: collecting dead chunks shows the live memory of the stream
+                if (mode === "stream-gc" && ++chunks % 64 === 0) gc()
+              })))
+          }
         }
+        if (bytes !== BIG) throw new Error(`${mode}: read ${bytes} bytes`)
       })
     )
     console.log(JSON.stringify(result))
+  })
+
+const median = (xs: ReadonlyArray<number>) => {
+  const s = [...xs].sort((a, b) => a - b)
+  return s.length % 2 === 1 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
+}
+
+/** Writes the 100 MiB entry into the store in `dir` and measures every read mode, interleaved. */
+const diskStreamRss = (dir: string) =>
+  Effect.gen(function*() {
+    const storeDir = path.join(dir, "big-store")
+    const chunk = randomBytes(MiB)
+    const hash = createHash("sha256")
+    for (let i = 0; i < BIG / MiB; i++) hash.update(chunk)
+    const digest = hash.digest("hex")
+    const file = path.join(storeDir, "content", "sha256", digest.slice(0, 2), digest)
+    yield* Effect.scoped(Effect.gen(function*() {
+      const disk = yield* DiskBackend.make({ directory: storeDir, maxBytes: 4 * 1024 * MiB, maxEntrySize: 256 * MiB })
+      const now = Date.now()
+      yield* disk.streaming!.setStream(
+        "big",
+        { createdAt: now, expiresAt: now + 3_600_000, staleUntil: now + 3_600_000, tags: [] },
+        Stream.repeatValue(new Uint8Array(chunk)).pipe(Stream.take(BIG / MiB))
+      )
+    }))
+    const rounds = Number(process.env["CK_BENCH_RSS_ROUNDS"] ?? 5)
+    const modes = Object.keys(rssModes) as Array<RssMode>
+    const results = new Map<RssMode, Array<Peak>>(modes.map((m) => [m, []]))
+    for (let round = 0; round < rounds; round++) {
+      // interleaved, and each in a fresh process, so memory freed earlier in one cannot hide growth
+      for (const mode of modes) {
+        results.get(mode)!.push(yield* Effect.promise(() => measureInChild(mode, storeDir, file)))
+      }
+    }
+    const rawMedian = median(results.get("raw")!.map((r) => r.growthMiB))
+    console.log(`\nDisk GET of a 100 MiB entry: medians of ${rounds} interleaved rounds, each read in a fresh process`)
+    console.log(
+      "\n| read | peak RSS above baseline | vs raw | per run (MiB) | peak arrayBuffers | peak heapTotal | time | throughput |"
+    )
+    console.log("|---|---:|---:|---|---:|---:|---:|---:|")
+    for (const mode of modes) {
+      const rs = results.get(mode)!
+      const growth = median(rs.map((r) => r.growthMiB))
+      const millis = median(rs.map((r) => r.millis))
+      console.log(
+        `| ${rssModes[mode]} | ${growth.toFixed(1)} MiB | ${(growth / rawMedian).toFixed(2)}x | ${
+          rs.map((r) => r.growthMiB.toFixed(0)).join(", ")
+        } | ${median(rs.map((r) => r.arrayBuffersMiB)).toFixed(1)} MiB | ${
+          median(rs.map((r) => r.heapMiB)).toFixed(1)
+        } MiB | ${millis.toFixed(0)} ms | ${(100 / (millis / 1000)).toFixed(0)} MiB/s |`
+      )
+    }
+    const streamed = median(results.get("stream")!.map((r) => r.growthMiB))
+    console.log(
+      `\nstreamed peak RSS growth target < 16 MiB: ${streamed < 16 ? "met" : "NOT met"} (${streamed.toFixed(1)} MiB)`
+    )
   })
 
 const main = Effect.gen(function*() {
@@ -281,39 +397,20 @@ const main = Effect.gen(function*() {
     )
   }
 
-  // ---- 100 MiB streamed GET vs whole read
-  const big = 100 * MiB
-  const chunk = randomBytes(MiB)
-  const streaming = disk.streaming!
-  const now = Date.now()
-  yield* streaming.setStream(
-    "big",
-    { createdAt: now, expiresAt: now + 3_600_000, staleUntil: now + 3_600_000, tags: [] },
-    Stream.repeatValue(new Uint8Array(chunk)).pipe(Stream.take(big / MiB))
-  )
-  // each measurement in a fresh process, so memory freed earlier in this one cannot hide growth
-  const streamed = yield* Effect.promise(() => measureInChild("stream", diskDir))
-  const streamedGc = yield* Effect.promise(() => measureInChild("stream-gc", diskDir))
-  const whole = yield* Effect.promise(() => measureInChild("whole", diskDir))
-  console.log("\n| disk GET of a 100 MiB entry | peak RSS above baseline | time | throughput |")
-  console.log("|---|---|---|---|")
-  for (
-    const [label, r] of [
-      ["streamed (getStream, 64 KiB chunks, verified)", streamed],
-      ["streamed, gc() every 64 chunks (diagnostic: live memory)", streamedGc],
-      ["whole (get: read + verify)", whole]
-    ] as const
-  ) {
-    console.log(
-      `| ${label} | ${r.growthMiB.toFixed(1)} MiB | ${r.millis.toFixed(0)} ms | ${
-        (100 / (r.millis / 1000)).toFixed(0)
-      } MiB/s |`
-    )
-  }
-  console.log(`\nstreamed peak RSS growth target < 16 MiB: ${streamed.growthMiB < 16 ? "met" : "NOT met"}`)
+  yield* diskStreamRss(dir)
 })
 
-const program = process.argv[2] === "--rss-child" ? child(process.argv[3]!, process.argv[4]!) : main
+const program = process.argv[2] === "--rss-child"
+  ? child(process.argv[3] as RssMode, process.argv[4]!, process.argv[5]!)
+  : process.env["CK_BENCH_PART"] === "disk-stream"
+  ? Effect.flatMap(
+    Effect.acquireRelease(
+      Effect.promise(() => fs.mkdtemp(path.join(os.tmpdir(), "cachekit-bench-"))),
+      (d) => Effect.promise(() => fs.rm(d, { recursive: true, force: true }))
+    ),
+    diskStreamRss
+  )
+  : main
 Effect.runPromise(Effect.scoped(program)).catch((error) => {
   console.error(error)
   process.exit(1)
