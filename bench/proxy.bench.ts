@@ -2,6 +2,8 @@
  * Caching reverse proxies side by side (`npm run bench -- proxy`):
  *
  * - cachekit: `cachekit proxy` (the CLI, memory backend, shared cache);
+ * - cachekit, default backend: `cachekit proxy` on its default memory L1 + disk L2 tiers (a temporary
+ *   directory), the same flags otherwise;
  * - undici cache: a plain Node `http` proxy forwarding with undici 7's `interceptors.cache()`
  *   (MemoryCacheStore, shared cache type);
  * - node, no cache: the same plain Node proxy without the interceptor;
@@ -16,9 +18,10 @@
  */
 import type { ChildProcess } from "node:child_process"
 import { spawn } from "node:child_process"
-import { readFileSync } from "node:fs"
+import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
+import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { pipeline } from "node:stream"
 import { fileURLToPath } from "node:url"
@@ -249,37 +252,35 @@ const fmt = (n: number, digits = 0) =>
 
 const writeSection = writeReadmeSection
 
+/** Proxy `i`'s req/s over undici's, round by round (each round runs every proxy once, back to back). */
+const perRound = (all: ReadonlyArray<ReadonlyArray<Cell>>, i: number): Array<number> =>
+  all[i]!.map((cell, round) => cell.reqPerSec / all[2]![round]!.reqPerSec)
+
 const main = async () => {
   const seconds = Number(process.env["BENCH_SECONDS"] ?? "2")
   const origin = await start("origin", [self, "--role", "origin"], portLine)
-  const cachekitArgs = [
-    "packages/http/src/bin/cachekit.ts",
-    "proxy",
-    "--port",
-    "0",
-    "--upstream",
-    origin.url,
-    "--backend",
-    "memory",
-    "--memory-max-bytes",
-    "512MiB",
-    "--max-body-size",
-    "64MiB"
-  ]
+  const common = ["packages/http/src/bin/cachekit.ts", "proxy", "--port", "0", "--upstream", origin.url]
+  const sized = ["--memory-max-bytes", "512MiB", "--max-body-size", "64MiB"]
+  const diskDir = mkdtempSync(Path.join(tmpdir(), "cachekit-bench-proxy-"))
   const proxies = await Promise.all([
-    start("cachekit", cachekitArgs, cachekitLine),
+    start("cachekit --backend memory", [...common, "--backend", "memory", ...sized], cachekitLine),
+    start("cachekit default (memory+disk)", [...common, ...sized, "--disk-dir", diskDir], cachekitLine),
     start("undici cache interceptor", [self, "--role", "node-proxy", "--upstream", origin.url, "--cache"], portLine),
     start("node proxy, no cache", [self, "--role", "node-proxy", "--upstream", origin.url], portLine),
-    start("cachekit --backend none", [...cachekitArgs.slice(0, -6), "--backend", "none"], cachekitLine)
+    start("cachekit --backend none", [...common, "--backend", "none"], cachekitLine)
   ])
+  const undiciIndex = 2
   const children = [origin, ...proxies]
-  const stop = () => children.forEach((c) => c.child.exitCode === null && c.child.kill("SIGKILL"))
+  const stop = () => {
+    children.forEach((c) => c.child.exitCode === null && c.child.kill("SIGKILL"))
+    rmSync(diskDir, { recursive: true, force: true })
+  }
   process.on("exit", stop)
 
   // The machine is shared: load changes from one second to the next. Each cell runs the proxies
   // round-robin, `rounds` times, and keeps each proxy's best round, so all of them get a fair slot.
   const rounds = Number(process.env["BENCH_ROUNDS"] ?? "3")
-  const cells: Array<{ body: string; connections: number; results: Array<Cell> }> = []
+  const cells: Array<{ body: string; connections: number; results: Array<Cell>; rounds: Array<Array<Cell>> }> = []
   // BENCH_BODIES=1m / BENCH_CONNS=64 run some cells only (iterating; the README table needs them all).
   const bodies = process.env["BENCH_BODIES"]?.split(",")
   const conns = process.env["BENCH_CONNS"]?.split(",").map(Number)
@@ -289,9 +290,11 @@ const main = async () => {
       if (conns !== undefined && !conns.includes(connections)) continue
       for (const proxy of proxies) await warm(proxy, path, connections)
       const best: Array<Cell | undefined> = proxies.map(() => undefined)
+      const all: Array<Array<Cell>> = proxies.map(() => [])
       for (let round = 0; round < rounds; round++) {
         for (const [i, proxy] of proxies.entries()) {
           const cell = await runOnce(origin.url, proxy, path, connections, seconds)
+          all[i]!.push(cell)
           if (best[i] === undefined || cell.reqPerSec > best[i]!.reqPerSec) best[i] = cell
         }
       }
@@ -304,14 +307,17 @@ const main = async () => {
           } req/s  p50 ${cell.p50} ms  p99 ${cell.p99} ms  origin hits ${cell.originRequests}  errors ${cell.errors}`
         )
       }
-      cells.push({ body, connections, results })
+      for (const i of [0, 1]) {
+        console.log(`  ${proxies[i]!.name} / undici per round: ${perRound(all, i).map((r) => fmt(r, 2)).join(", ")}`)
+      }
+      cells.push({ body, connections, results, rounds: all })
     }
   }
 
   const rss: Array<{ name: string; base: number; peak: number }> = []
   // BENCH_SKIP_RSS=1 skips the 50 MiB phase while iterating; it then writes nothing to the README.
   const skipRss = process.env["BENCH_SKIP_RSS"] === "1"
-  for (const proxy of skipRss ? [] : proxies.slice(0, 2)) {
+  for (const proxy of skipRss ? [] : proxies.slice(0, 3)) {
     const { base, peak } = await rssUnderLargeHits(proxy)
     rss.push({ name: proxy.name, base, peak })
     console.log(`${proxy.name}: RSS ${fmt(base)} MiB before, peak ${fmt(peak)} MiB during 200 hits of 50 MiB`)
@@ -320,13 +326,21 @@ const main = async () => {
   if (skipRss) return
 
   const names = proxies.map((p) => p.name)
+  const ratio = (results: ReadonlyArray<Cell>, all: ReadonlyArray<ReadonlyArray<Cell>>, i: number) => {
+    const each = perRound(all, i)
+    return `${fmt(results[i]!.reqPerSec / results[undiciIndex]!.reqPerSec, 2)}x (${fmt(Math.min(...each), 2)}–${
+      fmt(Math.max(...each), 2)
+    })`
+  }
   const table = [
-    `| body | conns | ${names.map((n) => `${n} req/s (p50 / p99 ms)`).join(" | ")} | cachekit / undici cache |`,
-    `|---|---:|${names.map(() => "---:").join("|")}|---:|`,
-    ...cells.map(({ body, connections, results }) =>
+    `| body | conns | ${
+      names.map((n) => `${n} req/s (p50 / p99 ms)`).join(" | ")
+    } | memory / undici (rounds) | default / undici (rounds) |`,
+    `|---|---:|${names.map(() => "---:").join("|")}|---:|---:|`,
+    ...cells.map(({ body, connections, results, rounds: all }) =>
       `| ${body} | ${connections} | ${results.map((r) => `${fmt(r.reqPerSec)} (${r.p50} / ${r.p99})`).join(" | ")} | ${
-        fmt(results[0]!.reqPerSec / results[1]!.reqPerSec, 2)
-      }x |`
+        ratio(results, all, 0)
+      } | ${ratio(results, all, 1)} |`
     )
   ]
   const originRow = cells.map(({ body, connections, results }) =>
@@ -341,7 +355,7 @@ const main = async () => {
   writeSection([
     "## Proxy",
     "",
-    `Measured by \`npm run bench -- proxy\` (${date}, Node ${process.version}, 2 cores shared with other work: absolute numbers move a lot between runs, compare within a row). The origin and each proxy are child processes on loopback; autocannon (in the bench process, on the same 2 cores) keeps 1 or 64 connections busy; each cell runs the four proxies round-robin ${rounds} times for ${seconds} s after a warm-up and keeps each proxy's best round (load from other work changes by the second). For the caching proxies every measured request is a hit on one URL. Proxies: \`cachekit proxy\` (memory backend, shared cache), a plain Node \`http\` proxy forwarding through undici 7 with \`interceptors.cache()\` (MemoryCacheStore, shared), the same plain proxy without the cache, and \`cachekit proxy --backend none\` (forwarding only).`,
+    `Measured by \`npm run bench -- proxy\` (${date}, Node ${process.version}, 2 cores shared with other work: absolute numbers move a lot between runs, compare within a row). The origin and each proxy are child processes on loopback; autocannon (in the bench process, on the same 2 cores) keeps 1 or 64 connections busy; each cell runs the five proxies round-robin ${rounds} times for ${seconds} s after a warm-up and keeps each proxy's best round (load from other work changes by the second); the ratio columns give best over best, and in brackets the lowest and highest ratio of one round (cachekit and undici measured back to back). For the caching proxies every measured request is a hit on one URL. Proxies: \`cachekit proxy --backend memory\` (shared cache), \`cachekit proxy\` on its default backend (memory L1 + disk L2 tiers, \`--disk-dir\` a temporary directory), a plain Node \`http\` proxy forwarding through undici 7 with \`interceptors.cache()\` (MemoryCacheStore, shared), the same plain proxy without the cache, and \`cachekit proxy --backend none\` (forwarding only).`,
     "",
     ...table,
     "",
