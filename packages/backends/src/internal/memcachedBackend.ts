@@ -112,8 +112,9 @@ export const makeMemcachedBackend = (
         name,
         `${operation} on ${server.address}`,
         `marked down after ${server.state.failures} consecutive failures`,
-        `not called again before ${Math.max(0, server.state.downUntil - now)} ms (then one probe); ` +
-          `its keys are not moved to other servers`
+        `${
+          now < server.state.downUntil ? `next probe in ${server.state.downUntil - now} ms` : "a probe is in flight"
+        }; its keys are not moved to other servers`
       )
 
     /**

@@ -1,0 +1,98 @@
+/**
+ * `cachekit proxy --backend memcached` over a pool of three memcached servers, one of which hangs
+ * (SIGSTOP) mid-run (issue 10): every request still gets the origin's 200; the hung server's keys
+ * are MISSes fetched from the origin (the same keys on every pass: they are not moved to the live
+ * servers), the others keep hitting; once the server is resumed its keys hit again.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Logger, LogLevel } from "effect"
+import { type ChildProcess, spawn } from "node:child_process"
+import { existsSync } from "node:fs"
+import * as Net from "node:net"
+import { fetchVia, layerOrigin, OriginTag } from "../fixtures/proxyOrigin.js"
+import { freePort, itemRoutes, startProxy } from "../fixtures/proxyRun.js"
+
+const hasMemcached = existsSync("/usr/bin/memcached") || process.env["CACHEKIT_REQUIRE_SERVERS"] === "1"
+
+const accepts = (port: number) =>
+  Effect.async<boolean>((resume) => {
+    const socket = Net.connect(port, "127.0.0.1")
+    socket.once("connect", () => {
+      socket.destroy()
+      resume(Effect.succeed(true))
+    })
+    socket.once("error", () => resume(Effect.succeed(false)))
+  })
+
+/** A memcached on a free port; resumed and killed when the scope closes. */
+const memcached = Effect.gen(function*() {
+  const port = yield* freePort
+  const child: ChildProcess = yield* Effect.acquireRelease(
+    Effect.sync(() => spawn("memcached", ["-l", "127.0.0.1", "-p", String(port), "-U", "0", "-m", "16", "-u", "root"])),
+    (c) =>
+      Effect.sync(() => {
+        if (c.exitCode === null) {
+          c.kill("SIGCONT")
+          c.kill("SIGKILL")
+        }
+      })
+  )
+  for (let i = 0; i < 100; i++) {
+    if (yield* accepts(port)) return { address: `127.0.0.1:${port}`, child }
+    yield* Effect.sleep("50 millis")
+  }
+  return yield* Effect.dieMessage("memcached did not start")
+})
+
+describe.skipIf(!hasMemcached)("cachekit proxy on a memcached pool losing a server", () => {
+  it.scopedLive(
+    "answers every request from the origin or the live servers; the hung server's keys are misses",
+    () =>
+      Effect.gen(function*() {
+        const origin = yield* OriginTag
+        const servers = yield* Effect.all([memcached, memcached, memcached])
+        const running = yield* startProxy(origin.url, {
+          CACHEKIT_BACKEND: "memcached",
+          CACHEKIT_MEMCACHED_SERVERS: servers.map((s) => s.address).join(","),
+          CACHEKIT_MEMCACHED_TIMEOUT: "1 second"
+        })
+        const ids = Array.from({ length: 30 }, (_, i) => `p${i}`)
+        /** One request per id; the ids answered as a hit, and any status other than 200. */
+        const pass = Effect.gen(function*() {
+          const hits = new Set<string>()
+          const notOk: Array<string> = []
+          yield* Effect.forEach(ids, (id) =>
+            Effect.map(fetchVia(`${running.proxy.url}/item?id=${id}`), (res) => {
+              if (res.status !== 200 || res.text !== `${id}:1`) notOk.push(`${id}: ${res.status} ${res.text}`)
+              if (String(res.headers["cache-status"]).includes("hit")) hits.add(id)
+            }), { concurrency: 4, discard: true })
+          return { hits, notOk }
+        })
+
+        const warm = yield* pass
+        expect(warm.notOk).toEqual([])
+        expect(warm.hits.size).toBe(0)
+        expect((yield* pass).hits.size).toBe(ids.length)
+        expect(yield* origin.count("/item")).toBe(ids.length)
+
+        servers[2]!.child.kill("SIGSTOP")
+        const during = [yield* pass, yield* pass]
+        const lost = ids.filter((id) => !during[0]!.hits.has(id))
+        expect(during.map((p) => p.notOk)).toEqual([[], []])
+        expect(lost.length).toBeGreaterThan(0)
+        expect(lost.length).toBeLessThan(ids.length)
+        // the same keys miss on the second pass: they were not re-homed on a live server
+        expect(ids.filter((id) => !during[1]!.hits.has(id))).toEqual(lost)
+        expect(yield* origin.count("/item")).toBe(ids.length + 2 * lost.length)
+
+        // resumed with its data: after the next probe its keys hit again
+        servers[2]!.child.kill("SIGCONT")
+        yield* Effect.sleep("1100 millis")
+        yield* pass
+        const back = yield* pass
+        expect(back.notOk).toEqual([])
+        expect(back.hits.size).toBe(ids.length)
+      }).pipe(Effect.provide(layerOrigin(itemRoutes)), Logger.withMinimumLogLevel(LogLevel.Error)),
+    30_000
+  )
+})
