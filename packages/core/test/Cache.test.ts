@@ -646,6 +646,31 @@ describe.each(variants)("Cache on $name", ({ withCache }) => {
           expect(decodes).toBe(1)
         })
       ))
+
+    it.effect("each typed view serves its own decoding of one entry, and a copy with other bytes is decoded anew", () =>
+      withCache((cache, backend) =>
+        Effect.gen(function*() {
+          const numbers = cache.typed(Schema.NumberFromString)
+          const text = cache.typed(Schema.String)
+          yield* numbers.set("n", 42) // stored as the JSON string "42"; `numbers` remembers 42
+          for (let i = 0; i < 2; i++) {
+            expect(yield* numbers.get("n")).toEqual(Option.some(42))
+            expect(yield* text.get("n")).toEqual(Option.some("42"))
+            expect(yield* text.getOrCompute("n", Effect.succeed("x"))).toBe("42")
+            expect(yield* cache.typed(Schema.NumberFromString).get("n")).toEqual(Option.some(42))
+            expect(yield* cache.get("n")).toEqual(Option.some(new TextEncoder().encode("\"42\"")))
+          }
+          // The remembered value is not a field of the entry: it is neither listed nor copied.
+          const entry = (yield* stored(backend, "n"))!
+          expect(Object.keys(entry).sort()).toEqual(
+            ["createdAt", "expiresAt", "meta", "size", "staleUntil", "tags", "value"].filter((k) => k in entry)
+          )
+          yield* backend.set("n", { ...entry, value: new TextEncoder().encode("\"7\"") })
+          expect(yield* numbers.get("n")).toEqual(Option.some(7))
+          expect(yield* numbers.getOrCompute("n", Effect.succeed(0))).toBe(7)
+          expect(yield* text.get("n")).toEqual(Option.some("7"))
+        })
+      ))
   })
 
   describe("Cache: tags", () => {
