@@ -5,100 +5,9 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import type { ChildProcess } from "node:child_process"
-import { spawn } from "node:child_process"
-import { existsSync } from "node:fs"
-import * as Net from "node:net"
-import * as Path from "node:path"
-import { fileURLToPath } from "node:url"
 import { fetchVia, layerOrigin, OriginTag } from "./fixtures/proxyOrigin.js"
+import { ADMIN_TOKEN, hasRedis, proxyProcess, redisServer } from "./fixtures/proxyProcess.js"
 import { itemRoutes, versions } from "./fixtures/proxyRun.js"
-
-const root = fileURLToPath(new URL("../../..", import.meta.url))
-const bin = Path.join(root, "packages/http/src/bin/cachekit.ts")
-const ADMIN_TOKEN = "multi-instance-admin-token-0123"
-const hasRedis = existsSync("/usr/bin/redis-server") || process.env["CACHEKIT_REQUIRE_SERVERS"] === "1"
-
-const freePort = Effect.async<number>((resume) => {
-  const server = Net.createServer()
-  server.listen(0, "127.0.0.1", () => {
-    const address = server.address()
-    const port = typeof address === "object" && address !== null ? address.port : 0
-    server.close(() => resume(Effect.succeed(port)))
-  })
-})
-
-/** Spawns `command`, resolves once `ready` matches its output; SIGKILLed when the scope closes. */
-const spawnUntil = <A>(
-  command: string,
-  args: ReadonlyArray<string>,
-  env: Readonly<Record<string, string>>,
-  ready: (output: string) => A | undefined
-) =>
-  Effect.acquireRelease(
-    Effect.async<{ readonly child: ChildProcess; readonly found: A; readonly output: () => string }, Error>(
-      (resume) => {
-        const child = spawn(command, args, { cwd: root, env: { ...process.env, ...env }, stdio: "pipe" })
-        let output = ""
-        let done = false
-        const onData = (data: Buffer) => {
-          output += data.toString("utf8")
-          const found = done ? undefined : ready(output)
-          if (found !== undefined) {
-            done = true
-            resume(Effect.succeed({ child, found, output: () => output }))
-          }
-        }
-        child.stdout!.on("data", onData)
-        child.stderr!.on("data", onData)
-        child.on("exit", (code) => {
-          if (!done) resume(Effect.fail(new Error(`${command} exited (${code}) early:\n${output}`)))
-        })
-      }
-    ).pipe(Effect.timeout("50 seconds")),
-    ({ child }) => Effect.sync(() => child.exitCode === null && child.kill("SIGKILL"))
-  )
-
-const redisServer = Effect.gen(function*() {
-  const port = yield* freePort
-  yield* spawnUntil(
-    "redis-server",
-    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-    {},
-    (out) => out.includes("Ready to accept connections") ? true : undefined
-  )
-  return `redis://127.0.0.1:${port}`
-})
-
-/** One proxy process; its URLs come from the lines it prints. */
-const proxyProcess = (upstream: string, redisUrl: string) =>
-  Effect.map(
-    spawnUntil(
-      process.execPath,
-      [
-        "--import",
-        "tsx",
-        bin,
-        "proxy",
-        "--port",
-        "0",
-        "--upstream",
-        upstream,
-        "--backend",
-        "memory+redis",
-        "--redis-url",
-        redisUrl,
-        "--admin"
-      ],
-      { CACHEKIT_ADMIN_TOKEN: ADMIN_TOKEN, CACHEKIT_REDIS_PREFIX: "multi:", CACHEKIT_OPLOG_SAMPLE_RATE: "0" },
-      (out) => {
-        const proxy = /cachekit proxy listening on (http:\/\/\S+)/.exec(out)
-        const admin = /cachekit admin listening on (http:\/\/\S+)/.exec(out)
-        return proxy !== null && admin !== null ? { url: proxy[1]!, adminUrl: admin[1]! } : undefined
-      }
-    ),
-    ({ found, output }) => ({ ...found, output })
-  )
 
 describe.skipIf(!hasRedis)("two cachekit proxy processes on one Redis", () => {
   it.scopedLive(
@@ -106,7 +15,7 @@ describe.skipIf(!hasRedis)("two cachekit proxy processes on one Redis", () => {
     () =>
       Effect.gen(function*() {
         const origin = yield* OriginTag
-        const redisUrl = yield* redisServer
+        const { url: redisUrl } = yield* redisServer()
         const [a, b] = yield* Effect.all([proxyProcess(origin.url, redisUrl), proxyProcess(origin.url, redisUrl)], {
           concurrency: 2
         })

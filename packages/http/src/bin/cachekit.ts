@@ -6,7 +6,7 @@
  * @since 0.1.0
  */
 import { runMain } from "@effect/platform-node/NodeRuntime"
-import { Console, Effect, Either, Exit } from "effect"
+import { Console, Effect, Either, Exit, Option } from "effect"
 import { helpText, parse, version } from "../internal/cliArgs.js"
 
 const main = (argv: ReadonlyArray<string>): Effect.Effect<number> =>
@@ -26,6 +26,10 @@ const main = (argv: ReadonlyArray<string>): Effect.Effect<number> =>
         return 0
       }
       case "Proxy": {
+        // `--instances N`: this process only supervises the workers and loads nothing else.
+        const cluster = yield* Effect.promise(() => import("../internal/proxyCluster.js"))
+        const primary = yield* cluster.runIfPrimary(command.right.settings)
+        if (Option.isSome(primary)) return primary.value
         // Loaded only now: help and usage errors answer without loading servers and backends.
         const cli = yield* Effect.promise(() => import("../internal/cli.js"))
         return yield* cli.runProxyCommand(command.right.settings)

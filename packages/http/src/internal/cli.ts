@@ -38,15 +38,7 @@ export const settingsConfig = Config.all({
   upstream: Config.option(Config.string("CACHEKIT_UPSTREAM")),
   port: portConfig("CACHEKIT_PORT", Proxy.defaults.port),
   host: Config.string("CACHEKIT_HOST").pipe(Config.withDefault(Proxy.defaults.host)),
-  // N worker processes (0 = one per CPU); the flag parser already turned `auto` into 0
-  instances: Config.string("CACHEKIT_INSTANCES").pipe(
-    Config.withDefault("1"),
-    Config.mapOrFail((text) =>
-      text === "auto" || (/^\d+$/.test(text) && Number(text) <= 1024)
-        ? Either.right(text === "auto" ? 0 : Number(text))
-        : Either.left(ConfigError.InvalidData([], `CACHEKIT_INSTANCES: "${text}" is not 1-1024, 0 or auto`))
-    )
-  ),
+  instances: ProxyCluster.instancesConfig,
   upstreamTimeout: durationConfig("CACHEKIT_UPSTREAM_TIMEOUT", Proxy.defaults.upstreamTimeoutMillis),
   shutdownGrace: durationConfig("CACHEKIT_SHUTDOWN_GRACE", Proxy.defaults.shutdownGraceMillis),
   backend: Config.literal(...BACKENDS)("CACHEKIT_BACKEND").pipe(

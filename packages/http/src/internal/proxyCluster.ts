@@ -15,11 +15,13 @@
  *
  * @internal
  */
-import { Console, Data, Effect } from "effect"
+import { Config, ConfigError, Console, Data, Effect, Either, Option } from "effect"
 import type { Worker } from "node:cluster"
 import cluster from "node:cluster"
 import { availableParallelism } from "node:os"
 import type { BackendKind, BusKind } from "./cliArgs.js"
+import { BACKENDS, BUSES, configProvider } from "./cliArgs.js"
+import { parseDurationMillis } from "./units.js"
 
 /** `--instances N` with a backend each worker would have its own copy of. */
 export class InstancesNotShareable extends Data.TaggedError("InstancesNotShareable")<{
@@ -34,6 +36,32 @@ export class WorkerFailed extends Data.TaggedError("WorkerFailed")<{
 
 /** The slot (1..N) a worker fills is handed to it in this variable. */
 const SLOT_ENV = "CACHEKIT_INSTANCE_SLOT"
+
+/** `CACHEKIT_INSTANCES`: 1-1024 worker processes, 0 or `auto` = one per CPU (the flag parser turns `auto` into 0). */
+export const instancesConfig: Config.Config<number> = Config.string("CACHEKIT_INSTANCES").pipe(
+  Config.withDefault("1"),
+  Config.mapOrFail((text) =>
+    text === "auto" || (/^\d+$/.test(text) && Number(text) <= 1024)
+      ? Either.right(text === "auto" ? 0 : Number(text))
+      : Either.left(ConfigError.InvalidData([], `CACHEKIT_INSTANCES: "${text}" is not 1-1024, 0 or auto`))
+  )
+)
+
+/** What the primary reads (the rest is the workers' business). The default backend is `ProxyBackends.defaults.backend`. */
+const primaryConfig = Config.all({
+  instances: instancesConfig,
+  backend: Config.literal(...BACKENDS)("CACHEKIT_BACKEND").pipe(Config.withDefault<BackendKind>("memory+disk")),
+  bus: Config.literal(...BUSES)("CACHEKIT_BUS").pipe(Config.withDefault<BusKind>("auto")),
+  shutdownGraceMillis: Config.string("CACHEKIT_SHUTDOWN_GRACE").pipe(
+    Config.withDefault("10s"),
+    Config.mapOrFail((text) => {
+      const millis = parseDurationMillis(text)
+      return millis === undefined
+        ? Either.left(ConfigError.InvalidData([], `CACHEKIT_SHUTDOWN_GRACE: "${text}" is not a duration`))
+        : Either.right(millis)
+    })
+  )
+})
 
 /** `--instances 0` / `auto`: one worker per CPU the process may use. */
 export const resolveInstances = (setting: number): number => setting === 0 ? availableParallelism() : setting
@@ -215,3 +243,28 @@ export const runPrimary = (options: PrimaryOptions): Effect.Effect<never, Worker
     yield* Effect.all(slots.map((slot) => supervise(slot, options)), { concurrency: "unbounded", discard: true })
     return yield* Effect.never
   })
+
+/**
+ * The command's entry when it may be a primary: with `--instances N` (N > 1) in a process that is
+ * not a worker, runs the primary and resolves to the exit code; otherwise to `None` (run the proxy
+ * here). Loads no server or backend code, so the primary stays small and starts fast.
+ */
+export const runIfPrimary = (flags: ReadonlyMap<string, string>): Effect.Effect<Option.Option<number>> =>
+  Effect.gen(function*() {
+    if (cluster.isWorker) return Option.none()
+    const settings = yield* primaryConfig
+    const instances = resolveInstances(settings.instances)
+    if (instances <= 1) return Option.none()
+    yield* checkShareable(instances, settings.backend, settings.bus)
+    return yield* runPrimary({ instances, shutdownGraceMillis: settings.shutdownGraceMillis })
+  }).pipe(
+    Effect.withConfigProvider(configProvider(flags)),
+    Effect.catchAll((error) =>
+      Effect.as(
+        Console.error(
+          `cachekit: ${ConfigError.isConfigError(error) ? `bad setting: ${String(error)}` : error.message}`
+        ),
+        Option.some(ConfigError.isConfigError(error) || error._tag === "InstancesNotShareable" ? 2 : error.exitCode)
+      )
+    )
+  )
