@@ -7,7 +7,7 @@ import type { Result } from "ioredis"
 import type { ResolvedOptions } from "../RedisBackend.js"
 import { groupByNode, makeClient, scanTargets } from "./redisCluster.js"
 import { authOptions } from "./redisConnection.js"
-import { encodeWithin, readStored } from "./wireEntry.js"
+import { decodeStored, encodeWithin, storedAnswer } from "./wireEntry.js"
 
 declare module "ioredis" {
   interface RedisCommander<Context> {
@@ -249,12 +249,34 @@ export const makeRedisBackend = (
         return removed
       })
 
+    const getFailed = toError("get")
+    const removeUndecodable = (key: string) => () => removeKeys([key], "delete undecodable")
+    /**
+     * The L2 hit path, kept to one asynchronous step: the reply is decoded in the promise callback
+     * and the fiber resumes once with the answer (an `Effect.gen` + `tryPromise` + a second step
+     * for the decode cost about as much as the round trip itself). The command's own timeout
+     * (`commandTimeout`) bounds the wait.
+     */
     const get = (key: string): Effect.Effect<Option.Option<CacheEntry.CacheEntry>, CacheError.CacheError> =>
-      Effect.gen(function*() {
-        yield* validate(key)
-        const bytes = yield* call("get", () => client.getBuffer(entryKey(key)))
-        return yield* readStored(key, bytes, removeKeys([key], "delete undecodable"))
-      })
+      Effect.flatMap(validate(key), () =>
+        Effect.clockWith((clock) =>
+          Effect.async<Option.Option<CacheEntry.CacheEntry>, CacheError.CacheError>((resume) => {
+            let reply: Promise<Buffer | null>
+            try {
+              reply = client.getBuffer(entryKey(key))
+            } catch (cause) {
+              return resume(Effect.fail(getFailed(cause)))
+            }
+            reply.then(
+              (bytes) =>
+                resume(
+                  storedAnswer(decodeStored(key, bytes, clock.unsafeCurrentTimeMillis()), removeUndecodable(key))
+                ),
+              (cause) =>
+                resume(Effect.fail(getFailed(cause)))
+            )
+          })
+        ))
 
     const set = (key: string, entry: CacheEntry.CacheEntry): Effect.Effect<void, CacheError.CacheError> =>
       Effect.gen(function*() {
@@ -267,7 +289,8 @@ export const makeRedisBackend = (
         // sets live in other slots and are updated in a second pipeline, only when tags are involved.
         const oldTags = yield* call(
           "set",
-          () => client.cachekitSet(entryKey(key), linksKey(key), value, String(ttl ?? -1), ...tags)
+          () =>
+            client.cachekitSet(entryKey(key), linksKey(key), value, String(ttl ?? -1), ...tags)
         )
         const dropped = oldTags.filter((t) => !tags.includes(t))
         if (tags.length > 0 || dropped.length > 0) {

@@ -3,7 +3,42 @@
  * format (Redis, memcached): decode-or-delete on read, size check on write.
  */
 import { CacheEntry, CacheError } from "@cachekit/core"
-import { Clock, Effect, Either, Option } from "effect"
+import { Effect, Either, Option } from "effect"
+
+/** What `decodeStored` makes of stored bytes. */
+export type Stored = CacheEntry.CacheEntry | undefined | typeof UNDECODABLE
+
+/** `decodeStored`'s answer for bytes that are not a readable entry (to be deleted). */
+export const UNDECODABLE: unique symbol = Symbol.for("@cachekit/backends/undecodable")
+
+/**
+ * The entry stored under `key` as read back at `now` (`null` bytes: nothing stored), synchronously:
+ * `undefined` for nothing stored or an entry past its `staleUntil` (the server's own expiry may be
+ * coarser than the entry's), `UNDECODABLE` for bytes that do not decode (corrupted, another format
+ * version), which the caller deletes.
+ */
+export const decodeStored = (key: string, bytes: Uint8Array | null, now: number): Stored => {
+  if (bytes === null) return undefined
+  const decoded = CacheEntry.decodeEither(key, bytes)
+  if (Either.isLeft(decoded)) return UNDECODABLE
+  return CacheEntry.isServable(decoded.right, now) ? decoded.right : undefined
+}
+
+/**
+ * `decodeStored` as the answer of a backend's `get`: an undecodable value is removed with
+ * `removeUndecodable` and is a miss.
+ */
+export const storedAnswer = <E>(
+  stored: Stored,
+  removeUndecodable: () => Effect.Effect<unknown, E>
+): Effect.Effect<Option.Option<CacheEntry.CacheEntry>, E> =>
+  stored === undefined
+    ? missing
+    : stored === UNDECODABLE
+    ? Effect.as(removeUndecodable(), Option.none())
+    : Effect.succeed(Option.some(stored))
+
+const missing = Effect.succeed(Option.none<CacheEntry.CacheEntry>())
 
 /**
  * The entry stored under `key` as read back (`null`: nothing stored). An undecodable value
@@ -15,16 +50,9 @@ export const readStored = <E>(
   bytes: Uint8Array | null,
   removeUndecodable: Effect.Effect<unknown, E>
 ): Effect.Effect<Option.Option<CacheEntry.CacheEntry>, E> =>
-  Effect.gen(function*() {
-    if (bytes === null) return Option.none()
-    const decoded = CacheEntry.decodeEither(key, bytes)
-    if (Either.isLeft(decoded)) {
-      yield* removeUndecodable
-      return Option.none()
-    }
-    const now = yield* Clock.currentTimeMillis
-    return CacheEntry.isServable(decoded.right, now) ? Option.some(decoded.right) : Option.none()
-  })
+  Effect.clockWith((clock) =>
+    storedAnswer(decodeStored(key, bytes, clock.unsafeCurrentTimeMillis()), () => removeUndecodable)
+  )
 
 /**
  * `entry` encoded for storage, or `EntryTooLarge` when it is over `maxEntrySize`; the message
