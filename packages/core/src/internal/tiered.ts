@@ -14,6 +14,7 @@ import {
   FiberId,
   Metric,
   MetricBoundaries,
+  MetricKey,
   Option,
   Schedule,
   Stream
@@ -77,11 +78,18 @@ const counterMetrics = {
   })
 }
 
-const latencyMetric = Metric.histogram(
+const latencyKey = MetricKey.histogram(
   "cachekit_tier_latency_ms",
   MetricBoundaries.exponential({ start: 0.01, factor: 2, count: 20 }),
   "latency of tier operations (milliseconds)"
 )
+
+/**
+ * The latency histogram of one tier, with the tier tag in its key: `Metric.tagged` would look the
+ * tagged key up in the metric registry (hashing it) on every update, once per tier call.
+ */
+const latencyMetricOf = (tier: string): Metric.Metric.Histogram<number> =>
+  Metric.fromMetricKey(MetricKey.tagged(latencyKey, "tier", tier))
 
 interface TierRuntime {
   readonly index: number
@@ -140,7 +148,7 @@ const resolveTier = (tier: Tier, index: number): TierRuntime => {
     local: tier.local ?? index === 0,
     counters: zero(),
     flushed: zero(),
-    latency: latencyMetric.pipe(Metric.tagged("tier", name)),
+    latency: latencyMetricOf(name),
     counterMetrics: {
       hits: counterMetrics.hits.pipe(Metric.tagged("tier", name)),
       misses: counterMetrics.misses.pipe(Metric.tagged("tier", name)),
