@@ -8,8 +8,11 @@
  *    to one pair, then to the other, and counts the requests that reached the origin (which answers
  *    after `BENCH_ORIGIN_MS`, default 100 ms). Then the extra latency the gate costs on an
  *    uncontended miss: fresh keys one at a time, alternating between the two pairs (origin delay 0).
- * 2. Hit throughput, 1 vs 2 processes: not written yet (another part of issue 10); add it as a
- *    function returning its markdown, next to `stampede`, and list it in `PARTS`.
+ * 2. Hit throughput, 1 vs 2 processes (`hits`): one proxy process, `--instances 2` (a node:cluster
+ *    primary dealing the connections to two workers on one port) and two separate processes (the
+ *    load split between their ports), all `--backend memory+redis`. autocannon (in this process)
+ *    keeps 64 connections busy on one cached 1 KiB URL per setup; the setups take turns
+ *    `BENCH_ROUNDS` times for `BENCH_SECONDS` each and each keeps its best round.
  *
  * Everything runs in child processes on loopback: a redis-server on a free port, the origin (this
  * file with `--role origin`) and the proxies (the CLI through tsx). `BENCH_PART=stampede` runs one
@@ -23,6 +26,7 @@ import type { AddressInfo } from "node:net"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import { Agent, request } from "undici"
+import { autocannon, type AutocannonResult } from "./lib/autocannon.js"
 import { writeReadmeSection } from "./lib/readme.js"
 
 const self = fileURLToPath(import.meta.url)
@@ -33,7 +37,8 @@ const root = Path.join(Path.dirname(self), "..")
 // ---------------------------------------------------------------------------------------------
 
 /**
- * `/slow?ms=N&...`: answers after N ms, cacheable for an hour, the body names the URL. Requests
+ * `/slow?ms=N&...`: answers after N ms, cacheable for an hour, the body names the URL (padded to
+ * `kib` KiB when given). Requests
  * are counted per full URL at `/__count?prefix=...` (the sum over URLs starting with the prefix).
  */
 const runOrigin = () => {
@@ -53,7 +58,8 @@ const runOrigin = () => {
     const ms = Number(parsed.searchParams.get("ms") ?? "0")
     setTimeout(() => {
       res.writeHead(200, { "content-type": "text/plain", "cache-control": "public, max-age=3600" })
-      res.end(`body of ${url}`)
+      const kib = Number(parsed.searchParams.get("kib") ?? "0")
+      res.end(kib > 0 ? `body of ${url}`.padEnd(kib * 1024, ".") : `body of ${url}`)
     }, ms)
   })
   server.keepAliveTimeout = 60_000
@@ -129,7 +135,7 @@ const startOrigin = () =>
     return match === null ? undefined : `http://127.0.0.1:${match[1]}`
   })
 
-/** One `cachekit proxy` process over `--backend memory+redis`; `flags` are added. */
+/** One `cachekit proxy` process over `--backend memory+redis`; `flags` are added (`--instances 2`: the primary). */
 const startProxy = (name: string, origin: string, redisUrl: string, prefix: string, flags: ReadonlyArray<string>) =>
   start(
     name,
@@ -305,12 +311,110 @@ const stampede = async ({ origin, redisUrl }: Env): Promise<string> => {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Part 2: hit throughput, 1 vs 2 processes (to be added)
+// Part 2: hit throughput, 1 vs 2 processes
 // ---------------------------------------------------------------------------------------------
+
+interface HitCell {
+  readonly reqPerSec: number
+  readonly p50: number
+  readonly p99: number
+  readonly errors: number
+  readonly originRequests: number
+}
+
+const hits = async ({ origin, redisUrl }: Env): Promise<string> => {
+  const seconds = Number(process.env["BENCH_SECONDS"] ?? "3")
+  const rounds = Number(process.env["BENCH_ROUNDS"] ?? "3")
+  const connections = 64
+  const [one, cluster, sepA, sepB] = await Promise.all([
+    startProxy("1 process", origin.url, redisUrl, "bench-hits:", []),
+    startProxy("--instances 2", origin.url, redisUrl, "bench-hits:", ["--instances", "2"]),
+    startProxy("separate A", origin.url, redisUrl, "bench-hits:", []),
+    startProxy("separate B", origin.url, redisUrl, "bench-hits:", [])
+  ])
+  // the cluster's banner line comes from its first worker: probe until the second one answers too
+  const instancesSeen = async () => {
+    const seen = new Set<string>()
+    for (let i = 0; i < 40 && seen.size < 2; i++) {
+      // a new connection each: the primary deals them round-robin
+      const res = await request(`${cluster!.url}/slow?ms=0&kib=1&probe=${i}`, { reset: true })
+      await res.body.dump()
+      const id = res.headers["cachekit-instance"]
+      if (typeof id === "string") seen.add(id)
+      if (seen.size < 2) await new Promise((r) => setTimeout(r, 250))
+    }
+    return seen
+  }
+  const workers = await instancesSeen()
+  if (workers.size !== 2) throw new Error(`--instances 2: answers came from workers ${[...workers].join(", ")} only`)
+  const setups = [
+    { name: "1 process", short: "one", urls: [one!.url] },
+    { name: "`--instances 2` (one port)", short: "cluster", urls: [cluster!.url] },
+    { name: "2 separate processes (32 connections each)", short: "separate", urls: [sepA!.url, sepB!.url] }
+  ] as const
+  const path = (short: string) => `/slow?ms=0&kib=1&hits=${short}`
+  const measure = async (setup: typeof setups[number], duration: number): Promise<HitCell> => {
+    const before = await originCount(origin.url, path(setup.short))
+    const results: ReadonlyArray<AutocannonResult> = await Promise.all(
+      setup.urls.map((url) =>
+        autocannon({
+          url: url + path(setup.short),
+          connections: connections / setup.urls.length,
+          duration,
+          pipelining: 1
+        })
+      )
+    )
+    return {
+      reqPerSec: results.reduce((n, r) => n + r.requests.average, 0),
+      // the slower side's percentiles when the load is split
+      p50: Math.max(...results.map((r) => r.latency.p50)),
+      p99: Math.max(...results.map((r) => r.latency.p99)),
+      errors: results.reduce((n, r) => n + r.errors + r.non2xx, 0),
+      originRequests: (await originCount(origin.url, path(setup.short))) - before
+    }
+  }
+  // fill the cache (one miss per setup; the shared Redis serves the other processes), warm up
+  for (const setup of setups) {
+    for (const url of setup.urls) await get(url + path(setup.short))
+    await measure(setup, 1)
+  }
+  const best: Array<HitCell | undefined> = setups.map(() => undefined)
+  for (let round = 0; round < rounds; round++) {
+    for (const [i, setup] of setups.entries()) {
+      const cell = await measure(setup, seconds)
+      console.log(
+        `hits round ${round + 1} ${setup.short.padEnd(9)} ${
+          fmt(cell.reqPerSec).padStart(7)
+        } req/s  p50 ${cell.p50} ms  p99 ${cell.p99} ms  errors ${cell.errors}  origin ${cell.originRequests}`
+      )
+      if (best[i] === undefined || cell.reqPerSec > best[i]!.reqPerSec) best[i] = cell
+    }
+  }
+  for (const proxy of [one, cluster, sepA, sepB]) proxy!.child.kill("SIGTERM")
+  const cells = best as ReadonlyArray<HitCell>
+  const base = cells[0]!.reqPerSec
+  return [
+    "### Hit throughput, 1 vs 2 processes",
+    "",
+    `One cached URL (1 KiB body) per setup, ${connections} connections from autocannon (in the bench process, on the same 2 cores), ${rounds} rounds of ${seconds} s with the setups taking turns, best round kept. The processes of \`--instances 2\` share one port through node:cluster (the primary accepts each connection and hands it to a worker round-robin; both workers answered, checked through \`Cachekit-Instance\`); the two separate processes each get half of the connections. Every measured request is a memory-L1 hit (origin requests during the measured runs: ${
+      cells.map((c, i) => `${setups[i]!.short} ${c.originRequests}`).join(", ")
+    }).`,
+    "",
+    "| setup | req/s | p50 ms | p99 ms | errors | vs 1 process |",
+    "|---|---:|---:|---:|---:|---:|",
+    ...setups.map((setup, i) =>
+      `| ${setup.name} | ${fmt(cells[i]!.reqPerSec)} | ${cells[i]!.p50} | ${cells[i]!.p99} | ${cells[i]!.errors} | ${
+        fmt(cells[i]!.reqPerSec / base, 2)
+      }x |`
+    )
+  ].join("\n")
+}
 
 /** The parts, in README order. */
 const PARTS: ReadonlyArray<{ readonly name: string; readonly run: (env: Env) => Promise<string> }> = [
-  { name: "stampede", run: stampede }
+  { name: "stampede", run: stampede },
+  { name: "hits", run: hits }
 ]
 
 const main = async () => {
