@@ -143,6 +143,7 @@ export class WTinyLfu<K, V> {
   private baseFraction = 0
   private boost = 1
   private climbing = false
+  private shiftPending = false
 
   private readonly index = new Map<K, number>()
   private keys: Array<K | undefined>
@@ -542,16 +543,20 @@ export class WTinyLfu<K, V> {
     const change = hitRate - this.previousHitRate
     // Climb only once the cache is full (before, nothing is evicted) and the sketch has aged once
     // (before, hit rates still rise as the history fills up, which reads as "every move helps"), or,
-    // for the probing climber, earlier when the hit rate of a full cache drops by 5 points or more:
-    // the history no longer predicts the workload (a recency-skewed trace collapses to a few percent
-    // of hits while the sketch waits for its first aging), so the first probe is the largest one.
+    // for the probing climber, earlier on a regime shift (see `shifted`): a recency-skewed trace
+    // collapses to a few percent of hits while the sketch waits for its first aging.
     const full = this.index.size >= this.maxEntries || this.totalWeight >= this.maxWeight * 0.95
-    const shifted = this.climber === "probing" && this.previousHitRate > 0 && change <= -RESTART_THRESHOLD
+    // A drop of 5 points or more in a full cache's hit rate: the split was set for another workload,
+    // so the next probe is the largest one (MAX_BOOST steps). Without it, a window grown to 100% by a
+    // recency-skewed phase stays above 80% for 700k requests of a following Zipf phase, where each
+    // small step down gains less than the noise gate asks.
+    const shifted = this.climber === "probing" && full && this.previousHitRate > 0 &&
+      change <= -RESTART_THRESHOLD
+    if (shifted) this.shiftPending = true
     if (!this.adaptive || !full || (this.sketch.resets === 0 && !this.climbing && !shifted)) {
       this.previousHitRate = hitRate
       return
     }
-    if (!this.climbing && this.sketch.resets === 0) this.boost = MAX_BOOST
     this.climbing = true
     this.previousHitRate = hitRate
     let target: number
@@ -572,8 +577,13 @@ export class WTinyLfu<K, V> {
       // errors) makes the next one 4 times larger (8 at most), so a regime shift is followed in a few
       // periods while small gains move the window one step at a time.
       // Steps decay as in Caffeine and restart at 6.25% when the hit rate jumps by 5 points.
-      const step = Math.abs(this.stepSize)
+      let step = Math.abs(this.stepSize)
       if (!this.probing) {
+        if (this.shiftPending) {
+          step = STEP_FRACTION
+          this.boost = MAX_BOOST
+          this.shiftPending = false
+        }
         this.baseHitRate = hitRate
         this.baseFraction = this.windowFraction
         target = clamp(this.baseFraction + this.direction * step * this.boost, 0, MAX_WINDOW_FRACTION)
