@@ -17,7 +17,7 @@
  * The same file is the origin and the plain proxies: `--role origin|node-proxy`.
  */
 import type { ChildProcess } from "node:child_process"
-import { spawn } from "node:child_process"
+import { execFileSync, spawn } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
@@ -171,6 +171,14 @@ const rssMiB = (pid: number): number => {
   return kb / 1024
 }
 
+/** CPU time (user + system, milliseconds) the process has used so far, from /proc. */
+const clockTick = 1000 / Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim() || "100")
+const cpuMillis = (pid: number): number => {
+  // the fields after the command name (which is in parentheses and may hold spaces)
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
+  return (Number(fields[11]) + Number(fields[12])) * clockTick
+}
+
 const originCounts = async (origin: string): Promise<Record<string, number>> => {
   const res = await request(`${origin}/__count`)
   return (await res.body.json()) as Record<string, number>
@@ -182,6 +190,8 @@ interface Cell {
   readonly p99: number
   readonly originRequests: number
   readonly errors: number
+  /** The proxy process's CPU time per request served, microseconds (less is cheaper per hit). */
+  readonly cpuMicros: number
 }
 
 const measure = async (url: string, connections: number, seconds: number): Promise<AutocannonResult> =>
@@ -207,9 +217,12 @@ const runOnce = async (
 ): Promise<Cell> => {
   const url = target(proxy, path)
   const before = (await originCounts(origin))[url] ?? 0
+  const cpuBefore = cpuMillis(proxy.child.pid!)
   const result = await measure(`${proxy.url}${url}`, connections, seconds)
+  const cpu = cpuMillis(proxy.child.pid!) - cpuBefore
   const after = (await originCounts(origin))[url] ?? 0
   return {
+    cpuMicros: (cpu * 1000) / Math.max(1, result.requests.average * seconds),
     reqPerSec: result.requests.average,
     p50: result.latency.p50,
     p99: result.latency.p99,
@@ -304,7 +317,9 @@ const main = async () => {
         console.log(
           `${body.padEnd(6)} c=${String(connections).padEnd(3)} ${proxy.name.padEnd(26)} ${
             fmt(cell.reqPerSec).padStart(8)
-          } req/s  p50 ${cell.p50} ms  p99 ${cell.p99} ms  origin hits ${cell.originRequests}  errors ${cell.errors}`
+          } req/s  p50 ${cell.p50} ms  p99 ${cell.p99} ms  cpu ${
+            fmt(cell.cpuMicros)
+          } µs/req  origin hits ${cell.originRequests}  errors ${cell.errors}`
         )
       }
       for (const i of [0, 1]) {
@@ -343,6 +358,17 @@ const main = async () => {
       } | ${ratio(results, all, 1)} |`
     )
   ]
+  const median = (xs: ReadonlyArray<number>) => {
+    const sorted = [...xs].sort((a, b) => a - b)
+    return sorted[Math.floor(sorted.length / 2)]!
+  }
+  const cpuTable = [
+    `| body | conns | ${names.join(" | ")} |`,
+    `|---|---:|${names.map(() => "---:").join("|")}|`,
+    ...cells.map(({ body, connections, rounds: all }) =>
+      `| ${body} | ${connections} | ${all.map((each) => fmt(median(each.map((c) => c.cpuMicros)))).join(" | ")} |`
+    )
+  ]
   const originRow = cells.map(({ body, connections, results }) =>
     `${body}/c${connections}: ${results.map((r, i) => `${names[i]} ${r.originRequests}`).join(", ")}`
   )
@@ -358,6 +384,10 @@ const main = async () => {
     `Measured by \`npm run bench -- proxy\` (${date}, Node ${process.version}, 2 cores shared with other work: absolute numbers move a lot between runs, compare within a row). The origin and each proxy are child processes on loopback; autocannon (in the bench process, on the same 2 cores) keeps 1 or 64 connections busy; each cell runs the five proxies round-robin ${rounds} times for ${seconds} s after a warm-up and keeps each proxy's best round (load from other work changes by the second); the ratio columns give best over best, and in brackets the lowest and highest ratio of one round (cachekit and undici measured back to back). For the caching proxies every measured request is a hit on one URL. Proxies: \`cachekit proxy --backend memory\` (shared cache), \`cachekit proxy\` on its default backend (memory L1 + disk L2 tiers, \`--disk-dir\` a temporary directory), a plain Node \`http\` proxy forwarding through undici 7 with \`interceptors.cache()\` (MemoryCacheStore, shared), the same plain proxy without the cache, and \`cachekit proxy --backend none\` (forwarding only).`,
     "",
     ...table,
+    "",
+    "CPU time of each proxy process per request served (user + system from /proc, median over the rounds, microseconds): what a hit costs the proxy itself, which the machine's load changes much less than req/s.",
+    "",
+    ...cpuTable,
     "",
     `Requests that reached the origin during the measured runs (0 = every request was a hit): ${originRow.join("; ")}.`,
     "",

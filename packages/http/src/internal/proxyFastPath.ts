@@ -57,13 +57,15 @@ export const tryHit = (
   return true
 }
 
-/** Large bodies go out in views of this size, with back-pressure (no copies; see `writeSlices`). */
-const SLICE = 64 * 1024
-
 /**
- * Writes `body` from `offset` in `SLICE`-sized views, waiting for "drain" when the socket is full:
- * with many connections, one `end(1 MiB)` each queued all of it at once and served fewer hits/s.
+ * Bodies up to this size go out in one `end` (head and body in one writev, the stored bytes
+ * themselves: no copy); larger ones in views of this size with back-pressure (see `writeSlices`).
+ * Each view costs a JS round (write, uncork on the next tick, "drain"): 64 KiB views made a 1 MiB
+ * hit cost more proxy CPU than one `end` (bench/README.md, "Proxy").
  */
+const SLICE = 1024 * 1024
+
+/** Writes `body` from `offset` in `SLICE`-sized views, waiting for "drain" when the socket is full. */
 const writeSlices = (res: Http.ServerResponse, body: Uint8Array, offset: number): void => {
   let at = offset
   while (at < body.byteLength) {
