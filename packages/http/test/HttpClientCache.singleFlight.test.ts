@@ -118,7 +118,7 @@ describe("HttpClientCache distributed single-flight (two stacks, one Redis)", ()
         Array.from({ length: 100 }, (_, i) => get(i % 2 === 0 ? a : b, "/stampede-ungated")),
         { concurrency: "unbounded" }
       )
-      expect(yield* calls("/stampede-ungated")).toBe(2)
+      expect(yield* calls("/stampede-ungated")).toBeGreaterThan(1)
       expect(results.every((r) => r.status === 200 && r.body === "the one body")).toBe(true)
     }).pipe(Effect.provide(layer)))
 

