@@ -380,6 +380,7 @@ const hits = async ({ origin, redisUrl }: Env): Promise<string> => {
     await measure(setup, 1)
   }
   const best: Array<HitCell | undefined> = setups.map(() => undefined)
+  const all = setups.map(() => [] as Array<number>)
   for (let round = 0; round < rounds; round++) {
     for (const [i, setup] of setups.entries()) {
       const cell = await measure(setup, seconds)
@@ -388,6 +389,7 @@ const hits = async ({ origin, redisUrl }: Env): Promise<string> => {
           fmt(cell.reqPerSec).padStart(7)
         } req/s  p50 ${cell.p50} ms  p99 ${cell.p99} ms  errors ${cell.errors}  origin ${cell.originRequests}`
       )
+      all[i]!.push(cell.reqPerSec)
       if (best[i] === undefined || cell.reqPerSec > best[i]!.reqPerSec) best[i] = cell
     }
   }
@@ -397,16 +399,16 @@ const hits = async ({ origin, redisUrl }: Env): Promise<string> => {
   return [
     "### Hit throughput, 1 vs 2 processes",
     "",
-    `One cached URL (1 KiB body) per setup, ${connections} connections from autocannon (in the bench process, on the same 2 cores), ${rounds} rounds of ${seconds} s with the setups taking turns, best round kept. The processes of \`--instances 2\` share one port through node:cluster (the primary accepts each connection and hands it to a worker round-robin; both workers answered, checked through \`Cachekit-Instance\`); the two separate processes each get half of the connections. Every measured request is a memory-L1 hit (origin requests during the measured runs: ${
+    `One cached URL (1 KiB body) per setup, ${connections} connections from autocannon (in the bench process, on the same 2 cores), ${rounds} rounds of ${seconds} s with the setups taking turns (the table shows each setup's best round, and the median of its rounds: load from other work changes by the second). The processes of \`--instances 2\` share one port through node:cluster (the primary accepts each connection and hands it to a worker round-robin; both workers answered, checked through \`Cachekit-Instance\`); the two separate processes each get half of the connections. Every measured request is a memory-L1 hit (origin requests during the measured runs: ${
       cells.map((c, i) => `${setups[i]!.short} ${c.originRequests}`).join(", ")
     }).`,
     "",
-    "| setup | req/s | p50 ms | p99 ms | errors | vs 1 process |",
-    "|---|---:|---:|---:|---:|---:|",
+    "| setup | best round req/s | p50 ms | p99 ms | errors | vs 1 process | median round req/s | vs 1 process |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
     ...setups.map((setup, i) =>
       `| ${setup.name} | ${fmt(cells[i]!.reqPerSec)} | ${cells[i]!.p50} | ${cells[i]!.p99} | ${cells[i]!.errors} | ${
         fmt(cells[i]!.reqPerSec / base, 2)
-      }x |`
+      }x | ${fmt(median(all[i]!))} | ${fmt(median(all[i]!) / median(all[0]!), 2)}x |`
     )
   ].join("\n")
 }
