@@ -799,6 +799,39 @@ describe("Cache: stats and metrics", () => {
         const evictions = yield* Metric.value(Cache.metrics.evictions.pipe(Metric.tagged("cache", "stats-test")))
         expect(evictions.value).toBe(7)
       }), { name: "stats-test" }))
+
+  it.effect("on the synchronous hit path the metrics equal the stats after every read, for two caches apart", () =>
+    Effect.gen(function*() {
+      const counted = (name: string) =>
+        Effect.gen(function*() {
+          const cache = yield* Cache.Cache
+          const text = cache.typed(Schema.String)
+          const metric = (m: typeof Cache.metrics.hits) =>
+            Metric.value(m.pipe(Metric.tagged("cache", name))).pipe(Effect.map((s) => s.count))
+          yield* text.set("k", "v")
+          for (let i = 1; i <= 300; i++) {
+            yield* text.get("k")
+            yield* text.getOrCompute("k", Effect.succeed("x"))
+            yield* text.get(`missing-${i}`)
+            if (i % 100 === 0) {
+              const stats = yield* cache.stats
+              expect([stats.hits, stats.misses]).toEqual([2 * i, i])
+              expect([yield* metric(Cache.metrics.hits), yield* metric(Cache.metrics.misses)]).toEqual([2 * i, i])
+            }
+          }
+        }).pipe(Effect.provide(Cache.layer({ name }).pipe(Layer.provide(MemoryBackend.layer()))))
+      yield* counted("metrics-sync-a")
+      yield* counted("metrics-sync-b")
+      // Reads through a second layer of the same name add to the same metric (one registry entry
+      // per name), while each layer's stats start at zero.
+      yield* Effect.gen(function*() {
+        const cache = yield* Cache.Cache
+        yield* cache.get("nothing")
+        expect((yield* cache.stats).misses).toBe(1)
+        const misses = yield* Metric.value(Cache.metrics.misses.pipe(Metric.tagged("cache", "metrics-sync-a")))
+        expect(misses.count).toBe(301)
+      }).pipe(Effect.provide(Cache.layer({ name: "metrics-sync-a" }).pipe(Layer.provide(MemoryBackend.layer()))))
+    }))
 })
 
 describe("Cache: evictions", () => {

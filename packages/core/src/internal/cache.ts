@@ -6,6 +6,7 @@
  */
 import type { Scope } from "effect"
 import type { Clock } from "effect"
+import type { MetricHook } from "effect"
 import { Cause, Deferred, Duration, Effect, Effectable, Exit, FiberId, Metric, MetricKey, Option, Utils } from "effect"
 import type * as CacheApi from "../Cache.js"
 import { ComputeTimeout, TagsUnsupported } from "../Cache.js"
@@ -132,13 +133,17 @@ const NO_LABELS: ReadonlyArray<never> = []
 /** A plain counter mirrored into an effect counter whose `cache` label is part of its key (no per-update label work). */
 class Count {
   value = 0
-  private readonly metric: Metric.Metric.Counter<number>
+  /**
+   * The registry's own counter for the key (what `Metric.fromMetricKey(key).unsafeUpdate` updates,
+   * without its two lookups per call), so the metric stays exact and costs one call per count.
+   */
+  private readonly hook: MetricHook.MetricHook.Counter<number>
   constructor(key: MetricKey.MetricKey.Counter<number>, cacheName: string) {
-    this.metric = Metric.fromMetricKey(MetricKey.tagged(key, "cache", cacheName))
+    this.hook = Metric.globalMetricRegistry.get(MetricKey.tagged(key, "cache", cacheName))
   }
   inc(): void {
     this.value++
-    this.metric.unsafeUpdate(1, NO_LABELS)
+    this.hook.update(1)
   }
 }
 
@@ -748,9 +753,9 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
     compute: Effect.Effect<A, E, R>,
     options?: CacheApi.ComputeOptions<A, E>
   ): Effect.Effect<A, E | ComputeTimeout | CacheApi.InputError, R> => {
-    const invalid = badKey(key)
-    if (invalid !== undefined) return Effect.fail(invalid)
-    const r = resolve(defaults, options)
+    if (typeof key !== "string" || key.length === 0 || key.length > maxKeyLength) return Effect.fail(badKey(key)!)
+    // No options (the common call) means the layer's defaults, already resolved.
+    const r = options === undefined ? defaults : resolve(defaults, options)
     if (!isResolved(r)) return Effect.fail(r)
     if (syncGet !== undefined) {
       return lookup(readOrComputeSync<E, R>, key, compute, r, options)
