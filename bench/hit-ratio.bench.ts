@@ -55,6 +55,52 @@ const traces: Array<Trace> = [
   }
 ]
 
+/**
+ * Variants: other seeds, speeds and widths of the sliding working set, and phase
+ * shifts between a recency-skewed and a frequency-skewed workload (keys of the two phases disjoint).
+ * Compared with transitory and LRU only (no optimum, to keep the run short).
+ */
+const variants: Array<Trace> = [
+  ...[
+    { seed: 5, width: 800, speed: 0.1 },
+    { seed: 6, width: 800, speed: 0.1 },
+    { seed: 4, width: 800, speed: 0.05 },
+    { seed: 4, width: 800, speed: 0.2 },
+    { seed: 4, width: 500, speed: 0.1 },
+    { seed: 4, width: 950, speed: 0.1 }
+  ].map((v) => ({
+    name: `Sliding working set, ${v.width} keys wide, ${v.speed} keys/request, seed ${v.seed}`,
+    trace: slidingWorkingSet({ length: 1_000_000, ...v }),
+    capacity: 1_000
+  })),
+  {
+    name: "Zipf 0.9, then the sliding working set (1M + 1M requests)",
+    trace: concat(
+      zipf({ keys: 100_000, length: 1_000_000, exponent: 0.9, seed: 1 }),
+      slidingWorkingSet({ length: 1_000_000, width: 800, speed: 0.1, seed: 4 })
+    ),
+    capacity: 1_000
+  },
+  {
+    name: "The sliding working set, then Zipf 0.9 (1M + 1M requests)",
+    trace: concat(
+      slidingWorkingSet({ length: 1_000_000, width: 800, speed: 0.1, seed: 4 }),
+      zipf({ keys: 100_000, length: 1_000_000, exponent: 0.9, seed: 1 })
+    ),
+    capacity: 1_000
+  }
+]
+
+/** Two traces one after the other; the second one's keys are shifted past the first one's. */
+function concat(first: Int32Array, second: Int32Array): Int32Array {
+  let offset = 0
+  for (let i = 0; i < first.length; i++) offset = Math.max(offset, first[i]! + 1)
+  const trace = new Int32Array(first.length + second.length)
+  trace.set(first, 0)
+  for (let i = 0; i < second.length; i++) trace[first.length + i] = second[i]! + offset
+  return trace
+}
+
 const file = process.env["CACHEKIT_TRACE"]
 if (file !== undefined && file !== "") {
   const { distinct, trace } = fromFile(file)
@@ -174,6 +220,29 @@ for (const t of traces) {
       `LRU ${pct(row.lru)}, optimum ${pct(row.optimum)}`
   )
 }
+
+interface VariantRow {
+  readonly trace: string
+  readonly wtinylfu: number
+  readonly transitory: number
+  readonly transitoryStrict: number
+  readonly lru: number
+}
+const variantRows: Array<VariantRow> = variants.map((t) => {
+  const row: VariantRow = {
+    trace: t.name,
+    wtinylfu: replayPolicy(t.trace, t.capacity, {}).ratio,
+    transitory: replayTransitory(t.trace, t.capacity, false),
+    transitoryStrict: replayTransitory(t.trace, t.capacity, true),
+    lru: replayLru(t.trace, t.capacity)
+  }
+  console.log(
+    `${row.trace}: W-TinyLFU ${pct(row.wtinylfu)}, transitory ${pct(row.transitory)} (strict ${
+      pct(row.transitoryStrict)
+    }), LRU ${pct(row.lru)}`
+  )
+  return row
+})
 const seconds = (performance.now() - started) / 1000
 
 function pct(x: number): string {
@@ -188,6 +257,13 @@ const table = [
     `| ${r.trace} | ${r.keys.toLocaleString("en-US")} | ${r.capacity.toLocaleString("en-US")} | ` +
     `**${pct(r.wtinylfu)}** | ${pct(r.window)} | ${pct(r.caffeineLike)} | ${pct(r.transitory)} | ` +
     `${pct(r.transitoryStrict)} | ${pct(r.lru)} | ${pct(r.optimum)} |`
+  )
+].join("\n")
+const variantTable = [
+  "| variant (capacity 1,000) | W-TinyLFU (MemoryBackend) | transitory, as used | transitory, strict capacity | LRU (lru-cache) |",
+  "|---|---:|---:|---:|---:|",
+  ...variantRows.map((r) =>
+    `| ${r.trace} | **${pct(r.wtinylfu)}** | ${pct(r.transitory)} | ${pct(r.transitoryStrict)} | ${pct(r.lru)} |`
   )
 ].join("\n")
 const targets = [
@@ -205,6 +281,9 @@ const targets = [
   `| Zipf 0.9 at 1%: distance to the optimum | ${
     ((zipf09.optimum - zipf09.wtinylfu) * 100).toFixed(2)
   } points | ~7 points | ${zipf09.optimum - zipf09.wtinylfu <= 0.07 ? "yes" : "about"} |`,
+  `| variants where W-TinyLFU >= transitory (as used and strict) | ${
+    variantRows.filter((r) => r.wtinylfu >= Math.max(r.transitory, r.transitoryStrict)).length
+  } of ${variantRows.length} | (info) | |`,
   `| traces where W-TinyLFU beats LRU | ${
     rows.filter((r) => r.wtinylfu >= r.lru).length
   } of ${rows.length} | (info) | |`,
@@ -212,7 +291,7 @@ const targets = [
     rows.filter((r) => r.wtinylfu >= r.caffeineLike).length
   } of ${rows.length} | (info) | |`
 ].join("\n")
-console.log(`\n${table}\n\n${targets}\n\n(${seconds.toFixed(1)} s)`)
+console.log(`\n${table}\n\n${variantTable}\n\n${targets}\n\n(${seconds.toFixed(1)} s)`)
 
 const section = `## Hit ratio
 
@@ -220,23 +299,39 @@ Measured by \`npm run bench -- hit-ratio\` (${new Date().toISOString().slice(0, 
   seconds.toFixed(0)
 } s). Hit ratios are deterministic: seeded traces, no timing involved. Every policy sees the same trace at the same capacity
 (entries); a miss loads the key. LRU is the lru-cache package; Belady's optimum (evict the key used furthest in the future)
-is computed offline with demand fetching. "Caffeine's parameters" is the same W-TinyLFU with the sketch sized and aged as
-Caffeine does (16 counters per entry, halved every 10 × capacity increments) and Caffeine's hill climber, which follows
-every hit-rate change; MemoryBackend's defaults are a wider sketch (64 counters per entry) aged every 40 × capacity, and
-a climber that keeps a window move only when it beats sampling noise.
+is computed offline with demand fetching. transitory (2.2.0) is an independent JS W-TinyLFU (window LRU, SLRU main space,
+count-min sketch admission, Caffeine's hill climber); "as used" replays it as it runs by default: it evicts in a
+maintenance pass that starts once the size reaches capacity + 1% (or on a 5 s timer), so it holds up to 1% more entries
+than the others, and on Zipf 0.9 at 1% it scores the 43.4% of the JS W-TinyLFU named in the hit-ratio issue; "strict"
+calls its \`cleanUp()\` after every load so it never holds more than the capacity. Its admission draws from
+\`Math.random\`, seeded during the replay. "Caffeine's parameters" is MemoryBackend's W-TinyLFU with the sketch sized
+and aged as Caffeine does (16 counters per entry, halved every 10 × capacity increments) and Caffeine's hill climber,
+which follows every hit-rate change, sampled every 10 × capacity requests. MemoryBackend's defaults are a wider sketch
+(64 counters per entry) aged every 40 × capacity, and a probing climber sampled every 20 × capacity requests: a window
+move is kept only when it beats sampling noise (1.5 standard errors), a move kept by more than 4 standard errors makes
+the next one 4 times larger (up to 8 steps), and a drop of 5 points in the hit rate is taken as a regime shift (the
+next move is 8 steps of 6.25%, and before the sketch's first aging it starts the climber). The window may take the
+whole cache (then the policy is an LRU).
 
 Reading the table: frequency-skewed traces (Zipf, loops, scans over a Zipf core) are where W-TinyLFU earns its keep
 (a one-off scan or a loop just larger than the cache flushes LRU, not W-TinyLFU). On the recency-skewed sliding trace
-LRU wins: every key is new when it becomes hot, admission rejects it until the hill climber has grown the window to
-its 80% ceiling, and the share it keeps for the main space holds keys whose popularity has passed. Caffeine's climber
-gets there faster (it follows every hit-rate change) but random-walks on stationary traces: with MemoryBackend's sketch
-it drifts (final windows of 1-21%) on Zipf 0.9 and lands between 45.1% and 45.9% over four seeds, below the 46% goal,
-while the noise-gated climber stays between 46.1% and 46.2%. On Zipf + scans the periodic scans make sample hit rates swing
-(scan periods vs quiet periods), some probes look like gains and the window grows to ~60%, about a point below a 1%
-window. The ~7 point distance to the optimum on Zipf 0.9 is mostly lookahead: a perfect LFU that knows the true
-popularity of every key would score 47.4% there.
+LRU still wins: every key is new when it becomes hot, so the window has to grow to the whole cache, and the first 80k
+requests are spent getting there (from 20k to 40k the main space holds keys whose counts have not been aged yet and the
+hit rate falls to 6%; that collapse starts the climber, and boosted moves reach 100% by 80k); after that it stays
+within about 0.3 points of LRU (every other period probes a slightly smaller window). On Zipf 0.9 the window stays
+near 1-3%: over four trace seeds (1, 11, 12, 13) the hit ratio is 46.12-46.25%. The ~7 point distance to the optimum on Zipf 0.9 is
+mostly lookahead: a perfect LFU that knows the true popularity of every key would score 47.4% there.
+
+The variants below were checked while tuning, not only after it (the 20 × capacity climbing sample was chosen over
+10 × because at 10 × the 0.05 keys/request variant scored 57%: the hit-rate sawtooth of the sketch's aging cycle decided
+the probes). The one where transitory stays ahead is the 500-key sliding working set (all of it fits in the cache):
+the same warm-up costs us more there. Before this climber, a window grown to 100% by a
+recency-skewed phase stayed above 80% for 700k requests of a following Zipf phase (each small step down gains less
+than the noise gate asks); the regime-shift rule brings it back to ~1% within 60k requests.
 
 ${table}
+
+${variantTable}
 
 ${targets}
 
