@@ -15,11 +15,11 @@
  *
  * @since 0.1.0
  */
-import type { CacheBackend, CacheError } from "@cachekit/core"
+import type { CacheBackend, CacheEntry, CacheError } from "@cachekit/core"
 import { CacheBackend as Backend } from "@cachekit/core"
 import type { ConfigError, Scope } from "effect"
-import { Config, Effect, Layer, Option } from "effect"
-import { makeDiskBackend } from "./internal/diskBackend.js"
+import { Config, Effect, Layer, Option, Stream } from "effect"
+import { diskReaders, makeDiskBackend } from "./internal/diskBackend.js"
 
 /** Options of the disk backend. */
 export interface Options {
@@ -78,3 +78,40 @@ export const config: Config.Config<Options> = Config.all({
   maxBytes: Option.getOrUndefined(c.maxBytes),
   maxEntrySize: Option.getOrUndefined(c.maxEntrySize)
 })))
+
+/**
+ * Reads the body of `key` chunk by chunk into `f`, for consumers that are done with a chunk when the
+ * effect `f` returns completes (write it to a file or socket and wait for the write, hash it, parse
+ * it): **the chunk is lent, not given** — on a disk backend it is a view of one buffer that is reused
+ * for the next chunk, so copy it (`chunk.slice()`) to keep it. In exchange a read holds one
+ * `chunkSize` buffer and leaves no garbage buffer per chunk: peak RSS stays flat whatever the body
+ * size, where `streaming.getStream`, whose chunks the consumer may keep, leaves every chunk to the
+ * garbage collector (see bench/README.md, "Backends").
+ *
+ * Same checks as `getStream`: a missing or truncated body is a miss before `f` sees a byte, a body of
+ * one chunk or less is verified before `f` sees it, and a larger body altered in place fails with
+ * `DecodeError` after its last chunk (then it is removed under every key that shared it): treat what
+ * `f` received as garbage when the read fails. Returns the entry (`value` empty, `size` set), or
+ * `None` on a miss without calling `f`.
+ *
+ * On any other backend it falls back to `streaming.getStream` (chunks are then not reused), or to
+ * `get` and one call of `f` with the whole value.
+ */
+export const readInto = <E, R>(
+  backend: CacheBackend.CacheBackend,
+  key: string,
+  f: (chunk: Uint8Array) => Effect.Effect<void, E, R>
+): Effect.Effect<Option.Option<CacheEntry.CacheEntry>, CacheError.CacheError | E, R> => {
+  const disk = diskReaders.get(backend)
+  if (disk !== undefined) return disk(key, f)
+  if (backend.streaming !== undefined) {
+    return Effect.flatMap(backend.streaming.getStream(key), (found) =>
+      Option.isNone(found)
+        ? Effect.succeedNone
+        : Effect.as(Stream.runForEach(found.value.body, f), Option.some(found.value.entry)))
+  }
+  return Effect.flatMap(backend.get(key), (found) =>
+    Option.isNone(found)
+      ? Effect.succeedNone
+      : Effect.as(f(found.value.value), Option.some({ ...found.value, value: new Uint8Array(0) })))
+}

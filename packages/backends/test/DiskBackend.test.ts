@@ -1,5 +1,5 @@
 import { DiskBackend } from "@cachekit/backends"
-import { CacheBackend, CacheEntry } from "@cachekit/core"
+import { CacheBackend, CacheEntry, MemoryBackend } from "@cachekit/core"
 import { describe, expect, it } from "@effect/vitest"
 import {
   Chunk,
@@ -117,6 +117,30 @@ describe("DiskBackend", () => {
       expect(yield* Effect.promise(() => fs.stat(file).then(() => true, () => false))).toBe(false)
     }))
 
+  it.scoped("a streaming reader of a bit-flipped 1 MiB body gets every byte, then DecodeError; all its keys go", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const { backend } = yield* open({ directory: dir })
+      const value = body(1024 * 1024, 7)
+      yield* backend.set("a", yield* entry(value))
+      yield* backend.set("b", yield* entry(value))
+      const file = contentFile(dir, value)
+      const handle = yield* Effect.promise(() => fs.open(file, "r+"))
+      yield* Effect.promise(() => handle.write(Buffer.from([value[512 * 1024]! ^ 0x10]), 0, 1, 512 * 1024))
+      yield* Effect.promise(() => handle.close())
+      const streamed = Option.getOrThrow(yield* streamingOf(backend).getStream("a"))
+      let received = 0
+      const result = yield* Effect.either(
+        Stream.runForEach(streamed.body, (c) => Effect.sync(() => (received += c.byteLength)))
+      )
+      // the digest is only known at the end: the reader has seen all bytes, then the stream fails
+      expect(received).toBe(value.byteLength)
+      expect(Either.isLeft(result) && result.left._tag).toBe("DecodeError")
+      expect(Option.isNone(yield* streamingOf(backend).getStream("b"))).toBe(true)
+      expect(yield* Effect.promise(() => listFiles(path.join(dir, "content")))).toEqual([])
+      expect(yield* Effect.promise(() => listFiles(path.join(dir, "index")))).toEqual([])
+    }))
+
   it.scoped("getStream reads the body in chunks of at most 64 KiB", () =>
     Effect.gen(function*() {
       const dir = yield* tempDir
@@ -206,4 +230,98 @@ describe("DiskBackend", () => {
       expect(Option.isSome(got)).toBe(true)
       expect((yield* Effect.promise(() => listFiles(path.join(dir, "index")))).length).toBe(1)
     }))
+
+  describe("readInto (lent chunks)", () => {
+    const flipAt = (file: string, offset: number, original: number) =>
+      Effect.promise(async () => {
+        const handle = await fs.open(file, "r+")
+        await handle.write(Buffer.from([original ^ 0x10]), 0, 1, offset)
+        await handle.close()
+      })
+
+    it.scoped("lends every chunk of a body through one reused buffer, in order", () =>
+      Effect.gen(function*() {
+        const dir = yield* tempDir
+        const { backend } = yield* open({ directory: dir })
+        const value = body(1024 * 1024 + 5, 3)
+        yield* backend.set("a", yield* entry(value))
+        const copies: Array<Uint8Array> = []
+        const buffers = new Set<ArrayBufferLike>()
+        const got = yield* DiskBackend.readInto(backend, "a", (chunk) =>
+          Effect.sync(() => {
+            buffers.add(chunk.buffer)
+            copies.push(chunk.slice())
+          }))
+        expect(Option.getOrThrow(got).size).toBe(value.byteLength)
+        expect(copies.length).toBe(17)
+        expect(Math.max(...copies.map((c) => c.byteLength))).toBe(64 * 1024)
+        expect(Buffer.concat(copies).equals(Buffer.from(value))).toBe(true)
+        // the point of readInto: no new buffer per chunk
+        expect(buffers.size).toBe(1)
+      }))
+
+    it.scoped("a bit flip in the middle of a 1 MiB body: f sees every byte, then DecodeError; all its keys go", () =>
+      Effect.gen(function*() {
+        const dir = yield* tempDir
+        const { backend } = yield* open({ directory: dir })
+        const value = body(1024 * 1024, 5)
+        yield* backend.set("a", yield* entry(value))
+        yield* backend.set("b", yield* entry(value))
+        yield* flipAt(contentFile(dir, value), 512 * 1024, value[512 * 1024]!)
+        let received = 0
+        const result = yield* Effect.either(
+          DiskBackend.readInto(backend, "a", (chunk) => Effect.sync(() => (received += chunk.byteLength)))
+        )
+        expect(received).toBe(value.byteLength)
+        expect(Either.isLeft(result) && result.left._tag).toBe("DecodeError")
+        expect(Option.isNone(yield* backend.get("b"))).toBe(true)
+        expect(yield* Effect.promise(() => listFiles(path.join(dir, "content")))).toEqual([])
+      }))
+
+    it.scoped("a corrupted body of one chunk, a truncated body and a missing key never reach f", () =>
+      Effect.gen(function*() {
+        const dir = yield* tempDir
+        const { backend } = yield* open({ directory: dir })
+        const small = body(10_000, 9)
+        const large = body(300_000, 11)
+        yield* backend.set("small", yield* entry(small))
+        yield* backend.set("large", yield* entry(large))
+        yield* flipAt(contentFile(dir, small), 5_000, small[5_000]!)
+        yield* Effect.promise(() => fs.truncate(contentFile(dir, large), 200_000))
+        let calls = 0
+        const f = () => Effect.sync(() => void calls++)
+        expect(Option.isNone(yield* DiskBackend.readInto(backend, "small", f))).toBe(true)
+        expect(Option.isNone(yield* DiskBackend.readInto(backend, "large", f))).toBe(true)
+        expect(Option.isNone(yield* DiskBackend.readInto(backend, "missing", f))).toBe(true)
+        expect(calls).toBe(0)
+        expect(yield* Effect.promise(() => listFiles(path.join(dir, "content")))).toEqual([])
+      }))
+
+    it.scoped("a failure of f stops the read with f's error and keeps the entry", () =>
+      Effect.gen(function*() {
+        const dir = yield* tempDir
+        const { backend } = yield* open({ directory: dir })
+        const value = body(500_000, 13)
+        yield* backend.set("a", yield* entry(value))
+        let calls = 0
+        const result = yield* Effect.either(
+          DiskBackend.readInto(backend, "a", () => ++calls === 2 ? Effect.fail("consumer gone" as const) : Effect.void)
+        )
+        expect(Either.isLeft(result) && result.left).toBe("consumer gone")
+        expect(calls).toBe(2)
+        expect(Buffer.from(Option.getOrThrow(yield* backend.get("a")).value).equals(Buffer.from(value))).toBe(true)
+      }))
+
+    it.scoped("on a backend without a disk store it reads through get", () =>
+      Effect.gen(function*() {
+        const memory = yield* MemoryBackend.make()
+        const value = body(100_000, 17)
+        yield* memory.set("a", yield* entry(value))
+        const copies: Array<Uint8Array> = []
+        const got = yield* DiskBackend.readInto(memory, "a", (chunk) => Effect.sync(() => void copies.push(chunk)))
+        expect(Option.getOrThrow(got).size).toBe(value.byteLength)
+        expect(Buffer.concat(copies).equals(Buffer.from(value))).toBe(true)
+        expect(Option.isNone(yield* DiskBackend.readInto(memory, "missing", () => Effect.void))).toBe(true)
+      }))
+  })
 })

@@ -80,6 +80,18 @@ const decodeRecord = (text: string): IndexRecord | undefined => {
 
 const EMPTY = new Uint8Array(0)
 
+/**
+ * Reads a body into `f` through one reused buffer (see `DiskBackend.readInto`): the chunk handed to
+ * `f` is only valid until the effect `f` returns completes.
+ */
+export type ReadInto = <E, R>(
+  key: string,
+  f: (chunk: Uint8Array) => Effect.Effect<void, E, R>
+) => Effect.Effect<Option.Option<CacheEntry.CacheEntry>, CacheError.CacheError | E, R>
+
+/** The `readInto` of every disk backend made here, by the backend object. */
+export const diskReaders = new WeakMap<CB.CacheBackend, ReadInto>()
+
 const toEntry = (r: IndexRecord, value: Uint8Array): CacheEntry.CacheEntry => ({
   value,
   createdAt: r.createdAt,
@@ -333,6 +345,19 @@ export const makeDiskBackend = (
     // Streaming
     // ---------------------------------------------------------------------------------------
 
+    /** A body failed verification at the end of a read that already handed out its bytes. */
+    const failedWhileReading = (record: IndexRecord, how: string) =>
+      Effect.zipRight(
+        discardCorrupt(record, `digest mismatch while ${how}`),
+        Effect.fail(
+          new CacheError.DecodeError({
+            key: record.key,
+            cause: "digest mismatch",
+            message: `body of "${record.key}" failed its integrity check while ${how}; it was removed`
+          })
+        )
+      )
+
     /** Reads a body in chunks, hashing as it goes; a digest mismatch at the end fails the stream. */
     const bodyStream = (record: IndexRecord): Stream.Stream<Uint8Array, CacheError.CacheError> =>
       Stream.suspend(() => {
@@ -341,16 +366,7 @@ export const makeDiskBackend = (
         const verify = Effect.suspend(() =>
           total === record.size && hash.digest("hex") === record.digest
             ? Effect.void
-            : Effect.zipRight(
-              discardCorrupt(record, "digest mismatch while streaming"),
-              Effect.fail(
-                new CacheError.DecodeError({
-                  key: record.key,
-                  cause: "digest mismatch",
-                  message: `body of "${record.key}" failed its integrity check while streaming; it was removed`
-                })
-              )
-            )
+            : failedWhileReading(record, "streaming")
         )
         return NodeStream.fromReadable<CacheError.CacheError, Uint8Array>(
           () => createReadStream(contentPath(record.digest), { highWaterMark: options.chunkSize }),
@@ -365,6 +381,62 @@ export const makeDiskBackend = (
             return chunk
           }),
           Stream.concat(Stream.drain(Stream.fromEffect(verify)))
+        )
+      })
+
+    /**
+     * Positional reads into one buffer allocated per call and reused for every chunk: the next read
+     * starts only after `f`'s effect for the previous chunk completed, so no chunk is ever
+     * overwritten while `f` works on it, and no garbage buffer is left per chunk.
+     */
+    const readInto: ReadInto = <E, R>(key: string, f: (chunk: Uint8Array) => Effect.Effect<void, E, R>) =>
+      Effect.gen(function*() {
+        const record = yield* lookup(key)
+        if (record === undefined) return Option.none()
+        if (record.size <= options.chunkSize) {
+          // one chunk: verified before `f` sees a byte, like getStream
+          const whole = yield* readVerified(key, record)
+          if (Option.isNone(whole)) return whole
+          yield* f(whole.value.value)
+          return Option.some(toEntry(record, EMPTY))
+        }
+        const opened = yield* Effect.either(io("open", () => fs.open(contentPath(record.digest), "r")))
+        if (opened._tag === "Left") {
+          if (!isNotFound(opened.left.cause)) return yield* Effect.fail(opened.left)
+          if (policy.peek(key, Number.NEGATIVE_INFINITY) === record) yield* discardCorrupt(record, "file missing")
+          misses++
+          return Option.none()
+        }
+        return yield* Effect.acquireUseRelease(
+          Effect.succeed(opened.right),
+          (fh) =>
+            Effect.gen(function*() {
+              const stat = yield* io("stat", () => fh.stat())
+              if (stat.size !== record.size) {
+                // a truncated body is caught before `f` sees a byte
+                yield* discardCorrupt(record, "truncated")
+                misses++
+                return Option.none()
+              }
+              hits++
+              const buffer = Buffer.allocUnsafeSlow(options.chunkSize)
+              const hash = createHash("sha256")
+              let position = 0
+              while (position < record.size) {
+                const length = Math.min(options.chunkSize, record.size - position)
+                const { bytesRead } = yield* io("read", () => fh.read(buffer, 0, length, position))
+                if (bytesRead === 0) break
+                const chunk = buffer.subarray(0, bytesRead)
+                hash.update(chunk)
+                position += bytesRead
+                yield* f(chunk)
+              }
+              if (position !== record.size || hash.digest("hex") !== record.digest) {
+                return yield* failedWhileReading(record, "reading")
+              }
+              return Option.some(toEntry(record, EMPTY))
+            }),
+          (fh) => Effect.promise(() => fh.close().catch(() => undefined))
         )
       })
 
@@ -492,7 +564,7 @@ export const makeDiskBackend = (
         : { backend: name, status: "down", latencyMillis, detail: result.left.message }
     })
 
-    return {
+    const backend = {
       name,
       get,
       set,
@@ -503,6 +575,8 @@ export const makeDiskBackend = (
       stats: Effect.sync(() => ({ entries: policy.size, bytes: bytesOnDisk, hits, misses, evictions })),
       maxEntrySize
     } satisfies CB.CacheBackend
+    diskReaders.set(backend, readInto)
+    return backend
   })
 
 const writeAll = async (fh: fs.FileHandle, chunk: Uint8Array) => {
