@@ -81,6 +81,18 @@ const waitUntil = async (what: string, check: () => Promise<boolean>, timeoutMil
 
 /** Starts and joins the cluster (about 2.5 s on a 2-core machine, most of it in `redis-cli --cluster create`). */
 export const startRedisCluster = async (settings: ClusterSettings = {}): Promise<RedisClusterProcess> => {
+  // a port found free can be taken by another process before redis-server binds it (the machine
+  // runs other test runs): a node then exits at once, and the cluster is started again on new ports
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await startOnce(settings)
+    } catch (error) {
+      if (attempt >= 3 || !/exited with code/.test(String(error))) throw error
+    }
+  }
+}
+
+const startOnce = async (settings: ClusterSettings): Promise<RedisClusterProcess> => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), "cachekit-cluster-"))
   const taken = new Set<number>()
   const ports: Array<number> = []
@@ -132,7 +144,12 @@ export const startRedisCluster = async (settings: ClusterSettings = {}): Promise
       await waitUntil("a replica did not sync with its master", async () => {
         const infos = await Promise.all(ports.map((p) => run("redis-cli", ["-p", String(p), "info", "replication"])))
         const replicas = infos.filter((i) => i.includes("role:slave"))
-        return replicas.length === 3 && replicas.every((i) => i.includes("master_link_status:up"))
+        if (replicas.length !== 3 || !replicas.every((i) => i.includes("master_link_status:up"))) return false
+        // and every node knows who replicates whom (gossip lags behind the replication links)
+        const views = await Promise.all(ports.map((p) => run("redis-cli", ["-p", String(p), "cluster", "nodes"])))
+        return views.every((v) =>
+          v.split("\n").filter((line) => / (myself,)?slave [0-9a-f]{40} /.test(line)).length === 3
+        )
       }, 10_000)
     }
     const signal = (port: number, sig: NodeJS.Signals) => {
