@@ -179,6 +179,15 @@ const cpuMillis = (pid: number): number => {
   return (Number(fields[11]) + Number(fields[12])) * clockTick
 }
 
+/** Waits (at most 3 s) until the processes use less than 5 ms of CPU per 100 ms. */
+const settle = async (processes: ReadonlyArray<Started>) => {
+  for (let i = 0; i < 30; i++) {
+    const before = processes.map((p) => cpuMillis(p.child.pid!))
+    await new Promise((r) => setTimeout(r, 100))
+    if (processes.every((p, j) => cpuMillis(p.child.pid!) - before[j]! < 5)) return
+  }
+}
+
 const originCounts = async (origin: string): Promise<Record<string, number>> => {
   const res = await request(`${origin}/__count`)
   return (await res.body.json()) as Record<string, number>
@@ -305,10 +314,16 @@ const main = async () => {
       const best: Array<Cell | undefined> = proxies.map(() => undefined)
       const all: Array<Array<Cell>> = proxies.map(() => [])
       for (let round = 0; round < rounds; round++) {
-        for (const [i, proxy] of proxies.entries()) {
+        // each round starts with another proxy: whoever runs first gets no head start or penalty every time
+        for (let k = 0; k < proxies.length; k++) {
+          const i = (round + k) % proxies.length
+          const proxy = proxies[i]!
           const cell = await runOnce(origin.url, proxy, path, connections, seconds)
           all[i]!.push(cell)
           if (best[i] === undefined || cell.reqPerSec > best[i]!.reqPerSec) best[i] = cell
+          // requests still in flight when the run stopped (slow proxies at 64 connections) must not
+          // eat into the next proxy's run
+          await settle([proxy, origin])
         }
       }
       const results = best as Array<Cell>
@@ -381,7 +396,7 @@ const main = async () => {
   writeSection([
     "## Proxy",
     "",
-    `Measured by \`npm run bench -- proxy\` (${date}, Node ${process.version}, 2 cores shared with other work: absolute numbers move a lot between runs, compare within a row). The origin and each proxy are child processes on loopback; autocannon (in the bench process, on the same 2 cores) keeps 1 or 64 connections busy; each cell runs the five proxies round-robin ${rounds} times for ${seconds} s after a warm-up and keeps each proxy's best round (load from other work changes by the second); the ratio columns give best over best, and in brackets the lowest and highest ratio of one round (cachekit and undici measured back to back). For the caching proxies every measured request is a hit on one URL. Proxies: \`cachekit proxy --backend memory\` (shared cache), \`cachekit proxy\` on its default backend (memory L1 + disk L2 tiers, \`--disk-dir\` a temporary directory), a plain Node \`http\` proxy forwarding through undici 7 with \`interceptors.cache()\` (MemoryCacheStore, shared), the same plain proxy without the cache, and \`cachekit proxy --backend none\` (forwarding only).`,
+    `Measured by \`npm run bench -- proxy\` (${date}, Node ${process.version}, 2 cores shared with other work: absolute numbers move a lot between runs, compare within a row). The origin and each proxy are child processes on loopback; autocannon (in the bench process, on the same 2 cores) keeps 1 or 64 connections busy; each cell runs the five proxies round-robin ${rounds} times (each round starting with the next proxy, and waiting until the last one and the origin are idle before the next run) for ${seconds} s after a warm-up and keeps each proxy's best round (load from other work changes by the second); the ratio columns give best over best, and in brackets the lowest and highest ratio of one round (cachekit and undici measured back to back). For the caching proxies every measured request is a hit on one URL. Proxies: \`cachekit proxy --backend memory\` (shared cache), \`cachekit proxy\` on its default backend (memory L1 + disk L2 tiers, \`--disk-dir\` a temporary directory), a plain Node \`http\` proxy forwarding through undici 7 with \`interceptors.cache()\` (MemoryCacheStore, shared), the same plain proxy without the cache, and \`cachekit proxy --backend none\` (forwarding only).`,
     "",
     ...table,
     "",
