@@ -20,6 +20,7 @@
  */
 import type { ChildProcess } from "node:child_process"
 import { spawn } from "node:child_process"
+import { readFileSync } from "node:fs"
 import * as Http from "node:http"
 import * as Net from "node:net"
 import type { AddressInfo } from "node:net"
@@ -314,7 +315,25 @@ const stampede = async ({ origin, redisUrl }: Env): Promise<string> => {
 // Part 2: hit throughput, 1 vs 2 processes
 // ---------------------------------------------------------------------------------------------
 
+/** CPU seconds (user + system) `pid` and its children processes (a cluster's workers) have used so far. */
+const cpuSeconds = (pid: number): number => {
+  const ticks = (p: number) => {
+    const fields = readFileSync(`/proc/${p}/stat`, "utf8").replace(/^.*\) /, "").split(" ")
+    return Number(fields[11]) + Number(fields[12]) // utime, stime (fields 14 and 15 of stat)
+  }
+  let children: Array<number> = []
+  try {
+    children = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter((x) => x !== "")
+      .map(Number)
+  } catch {
+    // no children file: count the process alone
+  }
+  return [pid, ...children].reduce((n, p) => n + ticks(p), 0) / 100 // USER_HZ
+}
+
 interface HitCell {
+  /** Proxy CPU (all its processes) per hit, in microseconds. */
+  readonly cpuMicrosPerHit: number
   readonly reqPerSec: number
   readonly p50: number
   readonly p99: number
@@ -348,13 +367,20 @@ const hits = async ({ origin, redisUrl }: Env): Promise<string> => {
   const workers = await instancesSeen()
   if (workers.size !== 2) throw new Error(`--instances 2: answers came from workers ${[...workers].join(", ")} only`)
   const setups = [
-    { name: "1 process", short: "one", urls: [one!.url] },
-    { name: "`--instances 2` (one port)", short: "cluster", urls: [cluster!.url] },
-    { name: "2 separate processes (32 connections each)", short: "separate", urls: [sepA!.url, sepB!.url] }
+    { name: "1 process", short: "one", urls: [one!.url], pids: [one!.child.pid!] },
+    { name: "`--instances 2` (one port)", short: "cluster", urls: [cluster!.url], pids: [cluster!.child.pid!] },
+    {
+      name: "2 separate processes (32 connections each)",
+      short: "separate",
+      urls: [sepA!.url, sepB!.url],
+      pids: [sepA!.child.pid!, sepB!.child.pid!]
+    }
   ] as const
   const path = (short: string) => `/slow?ms=0&kib=1&hits=${short}`
   const measure = async (setup: typeof setups[number], duration: number): Promise<HitCell> => {
     const before = await originCount(origin.url, path(setup.short))
+    const cpu = () => setup.pids.reduce((n, pid) => n + cpuSeconds(pid), 0)
+    const cpuBefore = cpu()
     const results: ReadonlyArray<AutocannonResult> = await Promise.all(
       setup.urls.map((url) =>
         autocannon({
@@ -365,8 +391,10 @@ const hits = async ({ origin, redisUrl }: Env): Promise<string> => {
         })
       )
     )
+    const reqPerSec = results.reduce((n, r) => n + r.requests.average, 0)
     return {
-      reqPerSec: results.reduce((n, r) => n + r.requests.average, 0),
+      cpuMicrosPerHit: ((cpu() - cpuBefore) * 1e6) / (reqPerSec * duration),
+      reqPerSec,
       // the slower side's percentiles when the load is split
       p50: Math.max(...results.map((r) => r.latency.p50)),
       p99: Math.max(...results.map((r) => r.latency.p99)),
@@ -381,15 +409,19 @@ const hits = async ({ origin, redisUrl }: Env): Promise<string> => {
   }
   const best: Array<HitCell | undefined> = setups.map(() => undefined)
   const all = setups.map(() => [] as Array<number>)
+  const cpuPerHit = setups.map(() => [] as Array<number>)
   for (let round = 0; round < rounds; round++) {
     for (const [i, setup] of setups.entries()) {
       const cell = await measure(setup, seconds)
       console.log(
         `hits round ${round + 1} ${setup.short.padEnd(9)} ${
           fmt(cell.reqPerSec).padStart(7)
-        } req/s  p50 ${cell.p50} ms  p99 ${cell.p99} ms  errors ${cell.errors}  origin ${cell.originRequests}`
+        } req/s  p50 ${cell.p50} ms  p99 ${cell.p99} ms  CPU ${
+          fmt(cell.cpuMicrosPerHit)
+        } µs/hit  errors ${cell.errors}  origin ${cell.originRequests}`
       )
       all[i]!.push(cell.reqPerSec)
+      cpuPerHit[i]!.push(cell.cpuMicrosPerHit)
       if (best[i] === undefined || cell.reqPerSec > best[i]!.reqPerSec) best[i] = cell
     }
   }
@@ -399,16 +431,16 @@ const hits = async ({ origin, redisUrl }: Env): Promise<string> => {
   return [
     "### Hit throughput, 1 vs 2 processes",
     "",
-    `One cached URL (1 KiB body) per setup, ${connections} connections from autocannon (in the bench process, on the same 2 cores), ${rounds} rounds of ${seconds} s with the setups taking turns (the table shows each setup's best round, and the median of its rounds: load from other work changes by the second). The processes of \`--instances 2\` share one port through node:cluster (the primary accepts each connection and hands it to a worker round-robin; both workers answered, checked through \`Cachekit-Instance\`); the two separate processes each get half of the connections. Every measured request is a memory-L1 hit (origin requests during the measured runs: ${
+    `One cached URL (1 KiB body) per setup, ${connections} connections from autocannon (in the bench process, on the same 2 cores), ${rounds} rounds of ${seconds} s with the setups taking turns (the table shows each setup's best round, and the median of its rounds: load from other work changes by the second). The processes of \`--instances 2\` share one port through node:cluster (the primary accepts each connection and hands it to a worker round-robin; both workers answered, checked through \`Cachekit-Instance\`); the two separate processes each get half of the connections. Proxy CPU per hit is the user + system CPU time of the proxy's processes (the primary and its workers for \`--instances 2\`, from /proc) over the requests answered: what each hit costs, whatever else runs on the machine. Every measured request is a memory-L1 hit (origin requests during the measured runs: ${
       cells.map((c, i) => `${setups[i]!.short} ${c.originRequests}`).join(", ")
     }).`,
     "",
-    "| setup | best round req/s | p50 ms | p99 ms | errors | vs 1 process | median round req/s | vs 1 process |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|",
+    "| setup | best round req/s | p50 ms | p99 ms | errors | vs 1 process | median round req/s | vs 1 process | proxy CPU µs per hit (median) |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ...setups.map((setup, i) =>
       `| ${setup.name} | ${fmt(cells[i]!.reqPerSec)} | ${cells[i]!.p50} | ${cells[i]!.p99} | ${cells[i]!.errors} | ${
         fmt(cells[i]!.reqPerSec / base, 2)
-      }x | ${fmt(median(all[i]!))} | ${fmt(median(all[i]!) / median(all[0]!), 2)}x |`
+      }x | ${fmt(median(all[i]!))} | ${fmt(median(all[i]!) / median(all[0]!), 2)}x | ${fmt(median(cpuPerHit[i]!), 1)} |`
     )
   ].join("\n")
 }
