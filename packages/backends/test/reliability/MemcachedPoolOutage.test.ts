@@ -121,7 +121,7 @@ describe.skipIf(!available)("MemcachedBackend pool of three, one server lost mid
           servers: addresses,
           prefix,
           // generous: a live server answering late on a loaded machine would count as a failure
-          timeout: "1 second",
+          timeout: "2 seconds",
           markDownAfter: 3,
           retryDownAfter: "500 millis"
         })

@@ -77,13 +77,17 @@ describe.skipIf(!hasMemcached)("cachekit proxy on a memcached pool losing a serv
 
         servers[2]!.child.kill("SIGSTOP")
         const during = [yield* pass, yield* pass]
-        const lost = ids.filter((id) => !during[0]!.hits.has(id))
         expect(during.map((p) => p.notOk)).toEqual([[], []])
-        expect(lost.length).toBeGreaterThan(0)
-        expect(lost.length).toBeLessThan(ids.length)
-        // the same keys miss on the second pass: they were not re-homed on a live server
-        expect(ids.filter((id) => !during[1]!.hits.has(id))).toEqual(lost)
-        expect(yield* origin.count("/item")).toBe(ids.length + 2 * lost.length)
+        const missed = during.map((p) => ids.filter((id) => !p.hits.has(id)))
+        const both = missed[0]!.filter((id) => missed[1]!.includes(id))
+        expect(both.length).toBeGreaterThan(0)
+        expect(both.length).toBeLessThan(ids.length)
+        // The same keys miss on the second pass: they were not re-homed on a live server (which would
+        // have made them hits). A key or two may miss once more or less when a live server answers
+        // past the timeout on a loaded machine; re-homing would flip all of them.
+        const once = ids.filter((id) => missed[0]!.includes(id) !== missed[1]!.includes(id))
+        expect(once.length).toBeLessThanOrEqual(2)
+        expect(yield* origin.count("/item")).toBe(ids.length + missed[0]!.length + missed[1]!.length)
 
         // resumed with its data: after the next probe its keys hit again
         servers[2]!.child.kill("SIGCONT")
