@@ -2,8 +2,11 @@
  * `cachekit proxy --instances N`: a node:cluster primary and N worker processes on one port, each
  * with its own memory L1 over a shared Redis (and the Redis invalidation bus).
  */
+import { CacheBackend, MemoryBackend } from "@cachekit/core"
+import { Proxy } from "@cachekit/http"
+import { NodeHttpClient } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either, Option } from "effect"
+import { Context, Effect, Either, Layer, Option } from "effect"
 import { runProxyCommand } from "../src/internal/cli.js"
 import { parse } from "../src/internal/cliArgs.js"
 import * as ProxyBackends from "../src/internal/proxyBackends.js"
@@ -70,6 +73,35 @@ describe("--instances", () => {
       // one instance: not a primary, the proxy runs in this process
       expect(yield* runIfPrimary(new Map([["CACHEKIT_INSTANCES", "1"]]))).toEqual(Option.none())
     }))
+})
+
+describe("Proxy responseHeaders (what the workers' Cachekit-Instance rides on)", () => {
+  it.scopedLive("are set on misses, fast-path hits, unsafe methods and upstream errors", () =>
+    Effect.gen(function*() {
+      const origin = yield* OriginTag
+      const backend = yield* MemoryBackend.make({ maxBytes: 1024 * 1024 })
+      const build = (upstream: string) =>
+        Layer.build(
+          Proxy.layerCaching({ upstream, port: 0, responseHeaders: { "cachekit-instance": "7" } }).pipe(
+            Layer.provide(Layer.succeed(CacheBackend.CacheBackendTag, backend)),
+            Layer.provide(NodeHttpClient.layerUndici)
+          )
+        ).pipe(Effect.map(Context.get(Proxy.ProxyTag)))
+      const proxy = yield* build(origin.url)
+      const miss = yield* rawRequest(`${proxy.url}/item?id=header`)
+      const hit = yield* rawRequest(`${proxy.url}/item?id=header`)
+      expect(hit.headers["cache-status"]).toContain("hit")
+      const post = yield* rawRequest(`${proxy.url}/item?id=header`, { method: "POST" })
+      const unreachable = yield* build("http://127.0.0.1:9")
+      const error = yield* rawRequest(`${unreachable.url}/x`)
+      expect(error.status).toBe(502)
+      for (const res of [miss, hit, post, error]) expect(res.headers["cachekit-instance"]).toBe("7")
+      // and nothing without the option
+      const plain = yield* Layer.build(
+        Proxy.layer({ upstream: origin.url, port: 0 }).pipe(Layer.provide(NodeHttpClient.layerUndici))
+      ).pipe(Effect.map(Context.get(Proxy.ProxyTag)))
+      expect((yield* rawRequest(`${plain.url}/item?id=header`)).headers["cachekit-instance"]).toBeUndefined()
+    }).pipe(Effect.provide(layerOrigin(itemRoutes))))
 })
 
 describe.skipIf(!hasRedis)("cachekit proxy --instances 2 --backend memory+redis", () => {
