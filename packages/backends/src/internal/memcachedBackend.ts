@@ -4,6 +4,7 @@ import { Cause, Clock, Effect, Either } from "effect"
 import type { Scope } from "effect"
 import memjs from "memjs"
 import { createHash } from "node:crypto"
+import type { Socket } from "node:net"
 import * as HashRing from "./hashRing.js"
 import { encodeWithin, readStored } from "./wireEntry.js"
 
@@ -67,6 +68,12 @@ interface Server {
 
 const silent = { log: () => {} }
 
+/** The open sockets of a memjs client (memjs keeps them on its `servers`, which its typings do not declare). */
+const socketsOf = (client: memjs.Client): Array<Socket> => {
+  const servers = (client as unknown as { readonly servers?: ReadonlyArray<{ readonly _socket?: Socket }> }).servers
+  return (servers ?? []).flatMap((server) => server._socket === undefined ? [] : [server._socket])
+}
+
 export const makeMemcachedBackend = (
   options: ResolvedOptions
 ): Effect.Effect<CB.CacheBackend, never, Scope.Scope> =>
@@ -88,14 +95,32 @@ export const makeMemcachedBackend = (
           state: { failures: 0, downUntil: 0, probing: false }
         }))
       ),
-      (all) => Effect.sync(() => all.forEach((s) => s.client.close()))
+      (all) =>
+        Effect.sync(() =>
+          all.forEach((s) => {
+            const open = socketsOf(s.client)
+            s.client.close()
+            // close() only ends the sockets; a hung server never answers, which would keep them open
+            open.forEach((socket) => socket.destroy())
+          })
+        )
     )
     const ring = HashRing.make(servers, (s) => s.address, options.pointsPerServer)
 
     /** One memjs call, its failure typed (no breaker: `health` uses it to see the real state). */
     const callDirect = <A>(server: Server, operation: string, f: () => Promise<A>) =>
       Effect.tryPromise({
-        try: f,
+        try: () => {
+          const promise = f()
+          // the socket the request went out on (memjs connects synchronously when it has none)
+          const sockets = socketsOf(server.client)
+          return promise.catch((cause: unknown) => {
+            // memjs only ends a socket it timed out; a hung server never answers the FIN, so without
+            // this every timed-out request (every probe of a hung server) would leave a socket open
+            if (cause instanceof Error && /timed out/.test(cause.message)) sockets.forEach((s) => s.destroy())
+            throw cause
+          })
+        },
         catch: (cause): CacheError.CacheError =>
           cause instanceof Error && /timed out/.test(cause.message) && !/connecting/.test(cause.message)
             ? CacheError.backendTimeout(name, `${operation} on ${server.address}`, options.timeoutMillis)

@@ -5,6 +5,8 @@
  * - The per-server breaker, on TestClock: `markDownAfter` failures mark a server down (its keys
  *   fail at once), one probe per `retryDownAfter`, back up after a probe succeeds; `onServerDown:
  *   "miss"` turns the dead server's reads into misses.
+ * - A hung server's timed-out sockets are closed (memjs only ends them, and a hung server never
+ *   answers), and every socket is closed with the scope.
  * - Under load through `Cache.getOrCompute`: one server hung (SIGSTOP), then killed and restarted
  *   empty on the same port. Keys on the two live servers keep hitting (no compute, same values);
  *   keys of the dead one are misses that compute, never failed requests; they are not moved to
@@ -17,6 +19,7 @@ import { describe, expect, it } from "@effect/vitest"
 import type { Scope } from "effect"
 import { Effect, Either, Exit, Option, TestClock } from "effect"
 import memjs from "memjs"
+import { Socket } from "node:net"
 import * as HashRing from "../../src/internal/hashRing.js"
 import { freePort, hasBinary, type ServerProcess, startMemcached } from "../servers.js"
 
@@ -89,6 +92,45 @@ describe.skipIf(!available)("MemcachedBackend per-server breaker", () => {
       const cache = yield* Cache.make().pipe(Effect.provideService(CacheBackend.CacheBackendTag, backend))
       expect(yield* cache.get("k")).toEqual(Option.none())
     }))
+})
+
+/** Sockets of this process connected to 127.0.0.1:`port` that are still open. */
+const openSocketsTo = (port: number): number =>
+  (process as unknown as { _getActiveHandles: () => Array<unknown> })._getActiveHandles().filter((h) =>
+    h instanceof Socket && h.remotePort === port && !h.destroyed
+  ).length
+
+describe.skipIf(!available)("MemcachedBackend and a hung server's sockets", () => {
+  it.live(
+    "closes every socket it timed out, and all of them when its scope closes",
+    () =>
+      Effect.scoped(Effect.gen(function*() {
+        const server = yield* memcached()
+        yield* Effect.scoped(Effect.gen(function*() {
+          const backend = yield* MemcachedBackend.make({
+            servers: [`127.0.0.1:${server.port}`],
+            prefix: "sockets:",
+            timeout: "200 millis",
+            markDownAfter: 1,
+            retryDownAfter: "100 millis"
+          })
+          expect(yield* backend.get("k")).toEqual(Option.none())
+          server.signal("SIGSTOP")
+          // about one probe every 300 ms (100 ms down, then a 200 ms timeout), each on a new socket
+          let timedOut = 0
+          const until = Date.now() + 1500
+          while (Date.now() < until) {
+            const result = yield* Effect.either(backend.get("k"))
+            if (Either.isLeft(result) && result.left._tag === "BackendTimeout") timedOut++
+            yield* Effect.sleep("20 millis")
+          }
+          expect(timedOut).toBeGreaterThanOrEqual(3)
+          expect(openSocketsTo(server.port)).toBeLessThanOrEqual(1)
+        }))
+        expect(openSocketsTo(server.port)).toBe(0)
+      })),
+    10_000
+  )
 })
 
 interface Tally {
