@@ -144,6 +144,8 @@ export class WTinyLfu<K, V> {
   private boost = 1
   private climbing = false
   private shiftPending = false
+  /** Hit rate of the sample before a drop (-1: the last sample did not drop). */
+  private dropLevel = -1
 
   private readonly index = new Map<K, number>()
   private keys: Array<K | undefined>
@@ -546,12 +548,20 @@ export class WTinyLfu<K, V> {
     // for the probing climber, earlier on a regime shift (see `shifted`): a recency-skewed trace
     // collapses to a few percent of hits while the sketch waits for its first aging.
     const full = this.index.size >= this.maxEntries || this.totalWeight >= this.maxWeight * 0.95
-    // A drop of 5 points or more in a full cache's hit rate: the split was set for another workload,
-    // so the next probe is the largest one (MAX_BOOST steps). Without it, a window grown to 100% by a
-    // recency-skewed phase stays above 80% for 700k requests of a following Zipf phase, where each
-    // small step down gains less than the noise gate asks.
-    const shifted = this.climber === "probing" && full && this.previousHitRate > 0 &&
+    // Regime shift: the hit rate of a full cache drops by 5 points or more and stays down for the
+    // next sample too (a drop that recovers at once is a periodic workload, such as scans every few
+    // samples). The split was set for another workload, so the current probe is abandoned and the
+    // next one is the largest (MAX_BOOST steps, toward the other half of the range). Without it, a
+    // window grown to 100% by a recency-skewed phase stays above 80% for 700k requests of a following
+    // Zipf phase, where each small step down gains less than the noise gate asks. Before the climber
+    // has started, one drop is enough (it starts the climber; it can happen only once).
+    const dropped = this.climber === "probing" && full && this.previousHitRate > 0 &&
       change <= -RESTART_THRESHOLD
+    let shifted = dropped && !this.climbing
+    if (this.climbing) {
+      if (this.dropLevel >= 0 && hitRate <= this.dropLevel - RESTART_THRESHOLD) shifted = true
+      this.dropLevel = dropped ? this.previousHitRate : -1
+    }
     if (shifted) this.shiftPending = true
     if (!this.adaptive || !full || (this.sketch.resets === 0 && !this.climbing && !shifted)) {
       this.previousHitRate = hitRate
@@ -578,12 +588,15 @@ export class WTinyLfu<K, V> {
       // periods while small gains move the window one step at a time.
       // Steps decay as in Caffeine and restart at 6.25% when the hit rate jumps by 5 points.
       let step = Math.abs(this.stepSize)
+      if (this.shiftPending) {
+        // the current window becomes the base (this sample was measured there)
+        this.probing = false
+        step = STEP_FRACTION
+        this.boost = MAX_BOOST
+        this.direction = this.windowFraction > 0.5 ? -1 : 1
+        this.shiftPending = false
+      }
       if (!this.probing) {
-        if (this.shiftPending) {
-          step = STEP_FRACTION
-          this.boost = MAX_BOOST
-          this.shiftPending = false
-        }
         this.baseHitRate = hitRate
         this.baseFraction = this.windowFraction
         target = clamp(this.baseFraction + this.direction * step * this.boost, 0, MAX_WINDOW_FRACTION)
