@@ -28,7 +28,7 @@ import type { CacheBackend } from "@cachekit/core"
 import { HttpClient } from "@effect/platform"
 import type { HttpClientRequest, HttpClientResponse } from "@effect/platform"
 import type { Duration, Scope } from "effect"
-import { Effect, Layer } from "effect"
+import { Data, Effect, Layer } from "effect"
 import type { CacheMode, RequestSnapshot, ResponseSnapshot } from "./HttpCachePolicy.js"
 import * as internal from "./internal/client.js"
 import * as internalResponse from "./internal/clientResponse.js"
@@ -111,9 +111,7 @@ const outcomeOf = (bytes: Uint8Array): FetchOutcome =>
   bytes[0] === 0x73 ? "stored" : bytes[0] === 0x75 ? "uncacheable" : "abandoned"
 
 /** The fetch here stored nothing (it failed or its caller went away). */
-class Abandoned {
-  readonly _tag = "Abandoned"
-}
+class Abandoned extends Data.TaggedError("Abandoned")<{ readonly key: string }> {}
 
 /**
  * The gate over a `RedisSingleFlight` (lock, `done` message, handoff of the outcome's one byte).
@@ -131,7 +129,7 @@ export const redisSingleFlight = (flight: RedisSingleFlight.RedisSingleFlight): 
     flight.wrap(
       key,
       Effect.flatMap(fetch, (outcome) =>
-        outcome === "abandoned" ? Effect.fail(new Abandoned()) : Effect.succeed(OUTCOME_BYTES[outcome]))
+        outcome === "abandoned" ? Effect.fail(new Abandoned({ key })) : Effect.succeed(OUTCOME_BYTES[outcome]))
     ).pipe(
       Effect.map(outcomeOf),
       Effect.catchTag("Abandoned", () =>
