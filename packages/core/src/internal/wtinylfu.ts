@@ -101,7 +101,7 @@ const NOISE_SIGMAS = 1.5
  * noise): the next probe in the same direction is `BOOST_FACTOR` times larger, up to `MAX_BOOST` times
  * the base step; a rejected probe resets the boost. On stationary Zipf traces gains this large do not
  * happen, so the window stays where the noise gate holds it; on the recency-skewed bench trace the
- * window reaches its ceiling in four probes instead of about fifteen.
+ * window reaches its ceiling in three moves instead of about a dozen.
  */
 const STRONG_SIGMAS = 4
 const BOOST_FACTOR = 4
