@@ -80,6 +80,19 @@ describe.skipIf(port === 0)("RedisBackend", () => {
       expect(yield* Effect.promise(() => client.exists(`${prefix}e{bad}`))).toBe(0)
     }))
 
+  it.scopedLive("unsafeGetPromise deletes an entry that does not decode too, and answers a miss", () =>
+    Effect.gen(function*() {
+      const prefix = freshPrefix()
+      const client = yield* raw
+      yield* Effect.promise(() => client.set(`${prefix}e{bad}`, Buffer.from([0x43, 0x4b, 9, 0, 0])))
+      const got = yield* withBackend(
+        prefix,
+        (b) => Effect.clockWith((clock) => Effect.promise(() => b.unsafeGetPromise!("bad", clock)))
+      )
+      expect(got).toBeUndefined()
+      expect(yield* Effect.promise(() => client.exists(`${prefix}e{bad}`))).toBe(0)
+    }))
+
   it.scopedLive("clear deletes only keys inside its prefix", () =>
     Effect.gen(function*() {
       const prefix = freshPrefix()
@@ -120,9 +133,17 @@ describe.skipIf(port === 0)("RedisBackend", () => {
         const backend = yield* CacheBackend.CacheBackendTag
         // CLIENT PAUSE stops the server answering other clients for 600 ms
         yield* Effect.promise(() => client.call("CLIENT", "PAUSE", "600", "ALL"))
-        return yield* Effect.either(backend.get("k"))
+        const viaGet = yield* Effect.either(backend.get("k"))
+        // the Promise read (TieredCache's L2 path) is bounded by the same command timeout, typed alike
+        const viaPromise = yield* Effect.clockWith((clock) =>
+          Effect.promise(() =>
+            backend.unsafeGetPromise!("k", clock).then(() => "answered", (error: { _tag: string }) => error._tag)
+          )
+        )
+        return { viaGet, viaPromise }
       }).pipe(Effect.provide(RedisBackend.layer({ port, prefix, commandTimeout: "150 millis" })))
-      expect(Either.isLeft(result) && result.left._tag).toBe("BackendTimeout")
+      expect(Either.isLeft(result.viaGet) && result.viaGet.left._tag).toBe("BackendTimeout")
+      expect(result.viaPromise).toBe("BackendTimeout")
       yield* Effect.sleep("700 millis")
     }))
 
@@ -164,6 +185,12 @@ describe.skipIf(port === 0)("RedisBackend when its server dies and comes back", 
         const startedAt = Date.now()
         const down = yield* Effect.either(backend.get("k"))
         expect(Either.isLeft(down) && down.left._tag).toBe("BackendUnavailable")
+        const downViaPromise = yield* Effect.clockWith((clock) =>
+          Effect.promise(() =>
+            backend.unsafeGetPromise!("k", clock).then(() => "answered", (error: { _tag: string }) => error._tag)
+          )
+        )
+        expect(downViaPromise).toBe("BackendUnavailable")
         // it failed fast instead of queueing until the server came back
         expect(Date.now() - startedAt).toBeLessThan(1500)
         const writeDown = yield* Effect.either(Effect.flatMap(entry("during", 60_000), (e) => backend.set("k2", e)))

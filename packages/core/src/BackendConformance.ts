@@ -152,6 +152,31 @@ export const run = <E>(name: string, options: Options<E>): void => {
         })
       ))
 
+    test("unsafeGetPromise, when offered, answers as get does (hit, miss, past staleUntil, InvalidKey)", () =>
+      withBackend((backend) =>
+        Effect.gen(function*() {
+          const read = backend.unsafeGetPromise
+          if (read === undefined) return
+          const viaPromise = (key: string) =>
+            Effect.clockWith((clock) =>
+              Effect.tryPromise({ try: () => read(key, clock), catch: (error) => error as { readonly _tag: string } })
+            )
+          const e = yield* entry("hello", { ttl: ttlMillis, meta: { type: "text/plain" } })
+          yield* backend.set("k", e)
+          const got = yield* viaPromise("k")
+          expect(got).toBeDefined()
+          expect(new TextDecoder().decode(got!.value)).toBe("hello")
+          expect({ ...got!, value: undefined }).toEqual({
+            ...Option.getOrThrow(yield* backend.get("k")),
+            value: undefined
+          })
+          expect(yield* viaPromise("never-set")).toBeUndefined()
+          expect((yield* Effect.flip(viaPromise("")))._tag).toBe("InvalidKey")
+          yield* advance(ttlMillis + 50)
+          expect(yield* viaPromise("k")).toBeUndefined()
+        })
+      ))
+
     test("an entry is a miss once past staleUntil", () =>
       withBackend((backend) =>
         Effect.gen(function*() {

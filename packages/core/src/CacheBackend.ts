@@ -5,7 +5,7 @@
  *
  * @since 0.1.0
  */
-import type { Stream } from "effect"
+import type { Clock, Stream } from "effect"
 import { Context, Effect, Option } from "effect"
 import type { CacheEntry } from "./CacheEntry.js"
 import type { CacheError } from "./CacheError.js"
@@ -110,6 +110,13 @@ export interface CacheBackend {
    * An entry returned is an answer either way (the same one `get` would give).
    */
   readonly unsafeSyncMissIsFinal?: boolean | undefined
+  /**
+   * Network backends: `get` as a plain Promise, for the L2 read path of `TieredCache` (one
+   * asynchronous step, no Effect built per call). Same answer as `get` (a miss is `undefined`;
+   * an undecodable entry is deleted and is a miss), with `clock` read once the reply is in.
+   * Rejects only with a `CacheError`. Nothing but the backend's own command timeout bounds it.
+   */
+  readonly unsafeGetPromise?: ((key: string, clock: Clock.Clock) => Promise<CacheEntry | undefined>) | undefined
   /** Largest value in bytes this backend accepts (`EntryTooLarge` above it). */
   readonly maxEntrySize?: number | undefined
 }
@@ -133,33 +140,38 @@ export const DEFAULT_MAX_KEY_LENGTH = 4096
 /** An unpaired UTF-16 surrogate: Redis, Memcached and file names see it as U+FFFD, so keys would collide. */
 const LONE_SURROGATE = /\p{Cs}/u
 
+/**
+ * Why `key` is not a valid cache key (empty, over-long, not well-formed: an unpaired surrogate), or
+ * `undefined` when it is one. `validateKey` without the Effect, for synchronous and Promise paths.
+ */
+export const invalidKey = (key: string, maxKeyLength: number = DEFAULT_MAX_KEY_LENGTH): InvalidKey | undefined => {
+  if (typeof key !== "string" || key.length === 0) {
+    return new InvalidKey({ key: String(key), reason: "empty", message: "cache keys must not be empty" })
+  }
+  if (key.length > maxKeyLength) {
+    return new InvalidKey({
+      key: key.slice(0, 64),
+      reason: "too long",
+      message: `cache key of ${key.length} characters is longer than the limit of ${maxKeyLength}`
+    })
+  }
+  if (LONE_SURROGATE.test(key)) {
+    return new InvalidKey({
+      key: key.slice(0, 64),
+      reason: "not well-formed",
+      message: "cache keys must be well-formed Unicode (an unpaired surrogate would collide with U+FFFD)"
+    })
+  }
+  return undefined
+}
+
 /** Rejects empty, over-long and not well-formed (unpaired surrogate) keys with `InvalidKey`. */
 export const validateKey = (
   key: string,
   maxKeyLength: number = DEFAULT_MAX_KEY_LENGTH
 ): Effect.Effect<string, InvalidKey> => {
-  if (typeof key !== "string" || key.length === 0) {
-    return Effect.fail(new InvalidKey({ key: String(key), reason: "empty", message: "cache keys must not be empty" }))
-  }
-  if (key.length > maxKeyLength) {
-    return Effect.fail(
-      new InvalidKey({
-        key: key.slice(0, 64),
-        reason: "too long",
-        message: `cache key of ${key.length} characters is longer than the limit of ${maxKeyLength}`
-      })
-    )
-  }
-  if (LONE_SURROGATE.test(key)) {
-    return Effect.fail(
-      new InvalidKey({
-        key: key.slice(0, 64),
-        reason: "not well-formed",
-        message: "cache keys must be well-formed Unicode (an unpaired surrogate would collide with U+FFFD)"
-      })
-    )
-  }
-  return Effect.succeed(key)
+  const invalid = invalidKey(key, maxKeyLength)
+  return invalid === undefined ? Effect.succeed(key) : Effect.fail(invalid)
 }
 
 /**

@@ -2,6 +2,7 @@ import type { CacheBackend } from "@cachekit/core"
 import { Cache, CacheEntry, CacheError, InvalidationBus, MemoryBackend, TieredCache } from "@cachekit/core"
 import { describe, expect, it } from "@effect/vitest"
 import { Clock, Context, Effect, Fiber, Layer, Metric, Option, TestClock } from "effect"
+import type { MapBackend } from "./fixtures/tierFixtures.js"
 import { entryAt, makeEntry, makeMapBackend, str } from "./fixtures/tierFixtures.js"
 
 const SECOND = 1000
@@ -29,202 +30,292 @@ const settle = (done: () => boolean, rounds = 200) =>
     expect(done()).toBe(true)
   })
 
-describe("TieredCache reads and writes", () => {
-  it.scoped("fills an L1 miss from L2 and promotes it with the original expiry, not L2's longer one", () =>
-    Effect.gen(function*() {
-      const { l1, l2, make } = twoTiers({ ttlScale: 2 })
-      const tiered = yield* make
-      yield* TestClock.adjust(5 * SECOND)
-      const entry = yield* makeEntry("v1", MINUTE)
-      yield* tiered.set("k", entry)
-      expect(l2.store.get("k")!.expiresAt).toBe(entry.createdAt + 2 * MINUTE)
-      l1.store.delete("k")
-      yield* TestClock.adjust(30 * SECOND)
+/** Calls that read L2, through `get` or `unsafeGetPromise`. */
+const reads = (backend: MapBackend) => backend.calls.get + backend.calls.getPromise
 
-      expect(yield* getValue(tiered, "k")).toEqual(Option.some("v1"))
-      const promoted = l1.store.get("k")!
-      expect(promoted.expiresAt).toBe(entry.createdAt + MINUTE)
-      expect(promoted.createdAt).toBe(entry.createdAt)
-      const stats = yield* tiered.stats
-      expect(stats.map((s) => [s.name, s.hits, s.misses, s.promotions])).toEqual([["l1#1", 0, 1, 1], [
-        "l2#2",
-        1,
-        0,
-        0
-      ]])
-    }))
+// The reads, stats and failure handling hold whichever way L2 is read: through its `get` (an Effect),
+// or through its `unsafeGetPromise` (the network backends' one-step read path).
+describe.each(["get", "unsafeGetPromise"] as const)("L2 read through %s", (via) => {
+  const twoTiers = (l2Options?: Partial<TieredCache.Tier>, l1Options?: Partial<TieredCache.Tier>) => {
+    const l1 = makeMapBackend("l1", { sync: true })
+    const l2 = makeMapBackend("l2", { promise: via === "unsafeGetPromise" })
+    return {
+      l1,
+      l2,
+      make: TieredCache.make([{ backend: l1, ...l1Options }, { backend: l2, ...l2Options }])
+    }
+  }
 
-  it.scoped("scales TTL per tier: L2 keeps an entry twice as long as L1", () =>
-    Effect.gen(function*() {
-      const { l1, l2, make } = twoTiers({ ttlScale: 2 })
-      const tiered = yield* make
-      yield* tiered.set("k", yield* makeEntry("v", MINUTE))
-      yield* TestClock.adjust(90 * SECOND)
-      expect(l1.unsafeGetSync!("k", yield* Clock.currentTimeMillis)).toBeUndefined()
-      expect(yield* getValue(tiered, "k")).toEqual(Option.some("v"))
-      // nothing servable is promoted past its original expiry
-      expect(l1.store.has("k")).toBe(false)
-      yield* TestClock.adjust(31 * SECOND)
-      expect(yield* tiered.get("k")).toEqual(Option.none())
-      expect(l2.calls.get).toBe(2)
-    }))
+  describe("TieredCache reads and writes", () => {
+    it.scoped("fills an L1 miss from L2 and promotes it with the original expiry, not L2's longer one", () =>
+      Effect.gen(function*() {
+        const { l1, l2, make } = twoTiers({ ttlScale: 2 })
+        const tiered = yield* make
+        yield* TestClock.adjust(5 * SECOND)
+        const entry = yield* makeEntry("v1", MINUTE)
+        yield* tiered.set("k", entry)
+        expect(l2.store.get("k")!.expiresAt).toBe(entry.createdAt + 2 * MINUTE)
+        l1.store.delete("k")
+        yield* TestClock.adjust(30 * SECOND)
 
-  it.scoped("takes a TTL per tier per call (1 minute in L1, 1 hour in L2)", () =>
-    Effect.gen(function*() {
-      const { l1, l2, make } = twoTiers()
-      const tiered = yield* make
-      const now = yield* Clock.currentTimeMillis
-      yield* tiered.set("k", entryAt(now, "v", 5 * MINUTE, { graceMillis: MINUTE }), { ttl: ["1 minute", "1 hour"] })
-      expect(l1.store.get("k")!.expiresAt).toBe(now + MINUTE)
-      expect(l1.store.get("k")!.staleUntil).toBe(now + 2 * MINUTE)
-      expect(l2.store.get("k")!.expiresAt).toBe(now + 60 * MINUTE)
-      yield* TestClock.adjust(10 * MINUTE)
-      // found in L2 but L1 gets no more than the entry's own lifetime (5 min + 1 min grace): already over
-      expect(yield* getValue(tiered, "k")).toEqual(Option.some("v"))
-      expect(l1.store.has("k")).toBe(false)
-    }))
+        expect(yield* getValue(tiered, "k")).toEqual(Option.some("v1"))
+        const promoted = l1.store.get("k")!
+        expect(promoted.expiresAt).toBe(entry.createdAt + MINUTE)
+        expect(promoted.createdAt).toBe(entry.createdAt)
+        const stats = yield* tiered.stats
+        expect(stats.map((s) => [s.name, s.hits, s.misses, s.promotions])).toEqual([["l1#1", 0, 1, 1], [
+          "l2#2",
+          1,
+          0,
+          0
+        ]])
+      }))
 
-  it.scoped("promotes into L1 only after N hits within the window", () =>
-    Effect.gen(function*() {
-      const { l1, l2, make } = twoTiers(undefined, { promote: { afterHits: 3, window: "1 minute" } })
-      const tiered = yield* make
-      l2.store.set("k", yield* makeEntry("v", 10 * MINUTE))
-      yield* tiered.get("k")
-      yield* TestClock.adjust(2 * MINUTE) // the window ends: counting starts again
-      yield* tiered.get("k")
-      yield* tiered.get("k")
-      expect(l1.store.has("k")).toBe(false)
-      yield* tiered.get("k")
-      expect(l1.store.has("k")).toBe(true)
-      const before = l2.calls.get
-      expect(yield* getValue(tiered, "k")).toEqual(Option.some("v"))
-      expect(l2.calls.get).toBe(before) // served by L1 now
-    }))
+    it.scoped("scales TTL per tier: L2 keeps an entry twice as long as L1", () =>
+      Effect.gen(function*() {
+        const { l1, l2, make } = twoTiers({ ttlScale: 2 })
+        const tiered = yield* make
+        yield* tiered.set("k", yield* makeEntry("v", MINUTE))
+        yield* TestClock.adjust(90 * SECOND)
+        expect(l1.unsafeGetSync!("k", yield* Clock.currentTimeMillis)).toBeUndefined()
+        expect(yield* getValue(tiered, "k")).toEqual(Option.some("v"))
+        // nothing servable is promoted past its original expiry
+        expect(l1.store.has("k")).toBe(false)
+        yield* TestClock.adjust(31 * SECOND)
+        expect(yield* tiered.get("k")).toEqual(Option.none())
+        expect(reads(l2)).toBe(2)
+      }))
 
-  it.scoped("keeps large entries out of L1 (and drops the small value L1 had for the key)", () =>
-    Effect.gen(function*() {
-      const { l1, l2, make } = twoTiers(undefined, { maxEntrySize: 8 })
-      const tiered = yield* make
-      yield* tiered.set("k", yield* makeEntry("small", MINUTE))
-      expect(l1.store.has("k")).toBe(true)
-      yield* tiered.set("k", yield* makeEntry("a value far too large for L1", MINUTE))
-      expect(l1.store.has("k")).toBe(false)
-      expect(yield* getValue(tiered, "k")).toEqual(Option.some("a value far too large for L1"))
-      expect(l1.store.has("k")).toBe(false)
-      expect(str(l2.store.get("k")!)).toBe("a value far too large for L1")
-    }))
+    it.scoped("takes a TTL per tier per call (1 minute in L1, 1 hour in L2)", () =>
+      Effect.gen(function*() {
+        const { l1, l2, make } = twoTiers()
+        const tiered = yield* make
+        const now = yield* Clock.currentTimeMillis
+        yield* tiered.set("k", entryAt(now, "v", 5 * MINUTE, { graceMillis: MINUTE }), { ttl: ["1 minute", "1 hour"] })
+        expect(l1.store.get("k")!.expiresAt).toBe(now + MINUTE)
+        expect(l1.store.get("k")!.staleUntil).toBe(now + 2 * MINUTE)
+        expect(l2.store.get("k")!.expiresAt).toBe(now + 60 * MINUTE)
+        yield* TestClock.adjust(10 * MINUTE)
+        // found in L2 but L1 gets no more than the entry's own lifetime (5 min + 1 min grace): already over
+        expect(yield* getValue(tiered, "k")).toEqual(Option.some("v"))
+        expect(l1.store.has("k")).toBe(false)
+      }))
 
-  it.scoped("rejects an empty key with InvalidKey instead of calling the tiers", () =>
-    Effect.gen(function*() {
-      const { l2, make } = twoTiers()
-      const tiered = yield* make
-      const error = yield* Effect.flip(tiered.get(""))
-      expect(error._tag).toBe("InvalidKey")
-      expect(l2.calls.get).toBe(0)
-    }))
+    it.scoped("promotes into L1 only after N hits within the window", () =>
+      Effect.gen(function*() {
+        const { l1, l2, make } = twoTiers(undefined, { promote: { afterHits: 3, window: "1 minute" } })
+        const tiered = yield* make
+        l2.store.set("k", yield* makeEntry("v", 10 * MINUTE))
+        yield* tiered.get("k")
+        yield* TestClock.adjust(2 * MINUTE) // the window ends: counting starts again
+        yield* tiered.get("k")
+        yield* tiered.get("k")
+        expect(l1.store.has("k")).toBe(false)
+        yield* tiered.get("k")
+        expect(l1.store.has("k")).toBe(true)
+        const before = reads(l2)
+        expect(yield* getValue(tiered, "k")).toEqual(Option.some("v"))
+        expect(reads(l2)).toBe(before) // served by L1 now
+      }))
+
+    it.scoped("keeps large entries out of L1 (and drops the small value L1 had for the key)", () =>
+      Effect.gen(function*() {
+        const { l1, l2, make } = twoTiers(undefined, { maxEntrySize: 8 })
+        const tiered = yield* make
+        yield* tiered.set("k", yield* makeEntry("small", MINUTE))
+        expect(l1.store.has("k")).toBe(true)
+        yield* tiered.set("k", yield* makeEntry("a value far too large for L1", MINUTE))
+        expect(l1.store.has("k")).toBe(false)
+        expect(yield* getValue(tiered, "k")).toEqual(Option.some("a value far too large for L1"))
+        expect(l1.store.has("k")).toBe(false)
+        expect(str(l2.store.get("k")!)).toBe("a value far too large for L1")
+      }))
+
+    it.scoped("rejects an empty key with InvalidKey instead of calling the tiers", () =>
+      Effect.gen(function*() {
+        const { l2, make } = twoTiers()
+        const tiered = yield* make
+        const error = yield* Effect.flip(tiered.get(""))
+        expect(error._tag).toBe("InvalidKey")
+        expect(reads(l2)).toBe(0)
+      }))
+  })
+
+  describe("TieredCache stats", () => {
+    it.scoped("publishes per-tier hits, misses, promotions and errors as Metrics, and a latency histogram", () =>
+      Effect.gen(function*() {
+        const tag = `metrics-${Math.random().toString(36).slice(2)}`
+        const l1 = makeMapBackend("l1", { sync: true })
+        const l2 = makeMapBackend("l2", { promise: via === "unsafeGetPromise" })
+        const tiered = yield* TieredCache.make([{ backend: l1, name: `${tag}-l1` }, { backend: l2, name: `${tag}-l2` }])
+        l2.store.set("k", yield* makeEntry("v", MINUTE))
+        yield* tiered.get("k") // L1 miss, L2 hit, promotion
+        yield* tiered.get("k") // L1 hit
+        l2.mode = "fail"
+        yield* tiered.get("nope") // L1 miss, L2 error
+        yield* tiered.stats // flushes the counters
+        const snapshot = yield* Metric.snapshot
+        const valueOf = (name: string, tier: string) =>
+          snapshot.find((p) =>
+            p.metricKey.name === name && p.metricKey.tags.some((t) => t.key === "tier" && t.value === tier)
+          )?.metricState
+        expect(valueOf("cachekit_tier_hits_total", `${tag}-l1`)).toMatchObject({ count: 1 })
+        expect(valueOf("cachekit_tier_misses_total", `${tag}-l1`)).toMatchObject({ count: 2 })
+        expect(valueOf("cachekit_tier_hits_total", `${tag}-l2`)).toMatchObject({ count: 1 })
+        expect(valueOf("cachekit_tier_promotions_total", `${tag}-l1`)).toMatchObject({ count: 1 })
+        expect(valueOf("cachekit_tier_errors_total", `${tag}-l2`)).toMatchObject({ count: 1 })
+        // one successful call timed on L2 (the failed one is counted as an error, not timed)
+        expect(valueOf("cachekit_tier_latency_ms", `${tag}-l2`)).toMatchObject({ count: 1 })
+      }))
+  })
+
+  describe("TieredCache with a dead tier", () => {
+    it.scoped("answers reads from L1 and misses cleanly while L2 fails, then the breaker stops calling L2", () =>
+      Effect.gen(function*() {
+        const { l2, make } = twoTiers({ breaker: { failureThreshold: 2, resetAfter: "10 seconds" } })
+        const tiered = yield* make
+        yield* tiered.set("hot", yield* makeEntry("v", 10 * MINUTE))
+        l2.mode = "fail"
+        expect(yield* getValue(tiered, "hot")).toEqual(Option.some("v"))
+        expect(yield* tiered.get("cold1")).toEqual(Option.none())
+        expect(yield* tiered.get("cold2")).toEqual(Option.none())
+        expect(reads(l2)).toBe(2)
+        // open: L2 is not called any more
+        expect(yield* tiered.get("cold3")).toEqual(Option.none())
+        expect(reads(l2)).toBe(2)
+        const [, s2] = yield* tiered.stats
+        expect(s2).toMatchObject({ errors: 2, skipped: 1, breaker: "open", breakerOpened: 1 })
+
+        // after the reset delay one probe goes through; it succeeds and closes the circuit
+        l2.mode = "ok"
+        l2.store.set("cold4", yield* makeEntry("from-l2", 10 * MINUTE))
+        yield* TestClock.adjust(10 * SECOND)
+        expect(yield* getValue(tiered, "cold4")).toEqual(Option.some("from-l2"))
+        expect((yield* tiered.stats)[1]!.breaker).toBe("closed")
+      }))
+
+    it.scoped("a failed probe opens the circuit again", () =>
+      Effect.gen(function*() {
+        const { l2, make } = twoTiers({ breaker: { failureThreshold: 1, resetAfter: "10 seconds" } })
+        const tiered = yield* make
+        l2.mode = "fail"
+        yield* tiered.get("a")
+        yield* TestClock.adjust(10 * SECOND)
+        yield* tiered.get("b") // the probe
+        expect(reads(l2)).toBe(2)
+        const [, s2] = yield* tiered.stats
+        expect(s2).toMatchObject({ breaker: "open", breakerOpened: 2 })
+        yield* tiered.get("c")
+        expect(reads(l2)).toBe(2)
+      }))
+
+    it.scoped("times out a hanging L2 and still answers the read (a miss), without failing it", () =>
+      Effect.gen(function*() {
+        const { l2, make } = twoTiers({
+          timeout: "100 millis",
+          breaker: { failureThreshold: 1, resetAfter: "1 minute" }
+        })
+        const tiered = yield* make
+        l2.mode = "hang"
+        const fiber = yield* Effect.fork(tiered.get("k"))
+        yield* TestClock.adjust("100 millis")
+        expect(yield* Fiber.join(fiber)).toEqual(Option.none())
+        const [, s2] = yield* tiered.stats
+        expect(s2).toMatchObject({ timeouts: 1, errors: 1, breaker: "open" })
+        // skipped now: returns at once without the clock moving
+        expect(yield* tiered.get("k")).toEqual(Option.none())
+      }))
+
+    it.scoped("serves from L2 when L1 is the tier that fails", () =>
+      Effect.gen(function*() {
+        const { l1, make } = twoTiers(undefined, { breaker: false })
+        const tiered = yield* make
+        yield* tiered.set("k", yield* makeEntry("v", MINUTE))
+        l1.mode = "fail"
+        expect(yield* getValue(tiered, "k")).toEqual(Option.some("v"))
+      }))
+
+    it.scoped("a write succeeds if some tier took it, and fails with the tier's error if none did", () =>
+      Effect.gen(function*() {
+        const { l1, l2, make } = twoTiers()
+        const tiered = yield* make
+        l2.mode = "fail"
+        yield* tiered.set("k", yield* makeEntry("v", MINUTE))
+        expect(l1.store.has("k")).toBe(true)
+        l1.mode = "fail"
+        const error = yield* Effect.flip(tiered.set("k", yield* makeEntry("v", MINUTE)))
+        expect(error._tag).toBe("BackendUnavailable")
+      }))
+  })
 })
 
-describe("TieredCache stats", () => {
-  it.scoped("publishes per-tier hits, misses, promotions and errors as Metrics, and a latency histogram", () =>
+describe("TieredCache over an L2 that reads as a Promise (unsafeGetPromise)", () => {
+  const promised = (l2Options?: Partial<TieredCache.Tier>) => {
+    const l1 = makeMapBackend("l1", { sync: true })
+    const l2 = makeMapBackend("l2", { promise: true })
+    return { l1, l2, make: TieredCache.make([{ backend: l1 }, { backend: l2, ...l2Options }]) }
+  }
+
+  it.scoped("reads L2 through unsafeGetPromise, and through get when the tier has a timeout of its own", () =>
     Effect.gen(function*() {
-      const tag = `metrics-${Math.random().toString(36).slice(2)}`
+      const plain = promised()
+      const tiered = yield* plain.make
+      plain.l2.store.set("k", yield* makeEntry("v", MINUTE))
+      expect(yield* getValue(tiered, "k")).toEqual(Option.some("v"))
+      expect(yield* getValue(tiered, "k")).toEqual(Option.some("v")) // now from L1
+      expect(plain.l2.calls).toMatchObject({ get: 0, getPromise: 1 })
+
+      const timed = promised({ timeout: "1 second" })
+      const timedTiers = yield* timed.make
+      timed.l2.store.set("k", yield* makeEntry("v", MINUTE))
+      expect(yield* getValue(timedTiers, "k")).toEqual(Option.some("v"))
+      expect(timed.l2.calls).toMatchObject({ get: 1, getPromise: 0 })
+    }))
+
+  it.scoped("a rejection that is not a CacheError is a defect: counted, fed to the breaker, the read misses", () =>
+    Effect.gen(function*() {
       const l1 = makeMapBackend("l1", { sync: true })
-      const l2 = makeMapBackend("l2")
-      const tiered = yield* TieredCache.make([{ backend: l1, name: `${tag}-l1` }, { backend: l2, name: `${tag}-l2` }])
-      l2.store.set("k", yield* makeEntry("v", MINUTE))
-      yield* tiered.get("k") // L1 miss, L2 hit, promotion
-      yield* tiered.get("k") // L1 hit
-      l2.mode = "fail"
-      yield* tiered.get("nope") // L1 miss, L2 error
-      yield* tiered.stats // flushes the counters
-      const snapshot = yield* Metric.snapshot
-      const valueOf = (name: string, tier: string) =>
-        snapshot.find((p) =>
-          p.metricKey.name === name && p.metricKey.tags.some((t) => t.key === "tier" && t.value === tier)
-        )?.metricState
-      expect(valueOf("cachekit_tier_hits_total", `${tag}-l1`)).toMatchObject({ count: 1 })
-      expect(valueOf("cachekit_tier_misses_total", `${tag}-l1`)).toMatchObject({ count: 2 })
-      expect(valueOf("cachekit_tier_hits_total", `${tag}-l2`)).toMatchObject({ count: 1 })
-      expect(valueOf("cachekit_tier_promotions_total", `${tag}-l1`)).toMatchObject({ count: 1 })
-      expect(valueOf("cachekit_tier_errors_total", `${tag}-l2`)).toMatchObject({ count: 1 })
-      // one successful call timed on L2 (the failed one is counted as an error, not timed)
-      expect(valueOf("cachekit_tier_latency_ms", `${tag}-l2`)).toMatchObject({ count: 1 })
-    }))
-})
-
-describe("TieredCache with a dead tier", () => {
-  it.scoped("answers reads from L1 and misses cleanly while L2 fails, then the breaker stops calling L2", () =>
-    Effect.gen(function*() {
-      const { l2, make } = twoTiers({ breaker: { failureThreshold: 2, resetAfter: "10 seconds" } })
-      const tiered = yield* make
-      yield* tiered.set("hot", yield* makeEntry("v", 10 * MINUTE))
-      l2.mode = "fail"
-      expect(yield* getValue(tiered, "hot")).toEqual(Option.some("v"))
-      expect(yield* tiered.get("cold1")).toEqual(Option.none())
-      expect(yield* tiered.get("cold2")).toEqual(Option.none())
-      expect(l2.calls.get).toBe(2)
-      // open: L2 is not called any more
-      expect(yield* tiered.get("cold3")).toEqual(Option.none())
-      expect(l2.calls.get).toBe(2)
-      const [, s2] = yield* tiered.stats
-      expect(s2).toMatchObject({ errors: 2, skipped: 1, breaker: "open", breakerOpened: 1 })
-
-      // after the reset delay one probe goes through; it succeeds and closes the circuit
-      l2.mode = "ok"
-      l2.store.set("cold4", yield* makeEntry("from-l2", 10 * MINUTE))
-      yield* TestClock.adjust(10 * SECOND)
-      expect(yield* getValue(tiered, "cold4")).toEqual(Option.some("from-l2"))
-      expect((yield* tiered.stats)[1]!.breaker).toBe("closed")
-    }))
-
-  it.scoped("a failed probe opens the circuit again", () =>
-    Effect.gen(function*() {
-      const { l2, make } = twoTiers({ breaker: { failureThreshold: 1, resetAfter: "10 seconds" } })
-      const tiered = yield* make
-      l2.mode = "fail"
-      yield* tiered.get("a")
-      yield* TestClock.adjust(10 * SECOND)
-      yield* tiered.get("b") // the probe
-      expect(l2.calls.get).toBe(2)
-      const [, s2] = yield* tiered.stats
-      expect(s2).toMatchObject({ breaker: "open", breakerOpened: 2 })
-      yield* tiered.get("c")
-      expect(l2.calls.get).toBe(2)
-    }))
-
-  it.scoped("times out a hanging L2 and still answers the read (a miss), without failing it", () =>
-    Effect.gen(function*() {
-      const { l2, make } = twoTiers({ timeout: "100 millis", breaker: { failureThreshold: 1, resetAfter: "1 minute" } })
-      const tiered = yield* make
-      l2.mode = "hang"
-      const fiber = yield* Effect.fork(tiered.get("k"))
-      yield* TestClock.adjust("100 millis")
-      expect(yield* Fiber.join(fiber)).toEqual(Option.none())
-      const [, s2] = yield* tiered.stats
-      expect(s2).toMatchObject({ timeouts: 1, errors: 1, breaker: "open" })
-      // skipped now: returns at once without the clock moving
+      const l2: CacheBackend.CacheBackend = {
+        ...makeMapBackend("l2"),
+        unsafeGetPromise: () => Promise.reject(new TypeError("boom"))
+      }
+      const tiered = yield* TieredCache.make([{ backend: l1 }, {
+        backend: l2,
+        breaker: { failureThreshold: 1, resetAfter: "1 minute" }
+      }])
       expect(yield* tiered.get("k")).toEqual(Option.none())
+      const [, s2] = yield* tiered.stats
+      expect(s2).toMatchObject({ errors: 1, breaker: "open" })
     }))
 
-  it.scoped("serves from L2 when L1 is the tier that fails", () =>
+  it.scoped("an InvalidKey rejection is an answer, not an outage: counted as an error, the circuit stays closed", () =>
     Effect.gen(function*() {
-      const { l1, make } = twoTiers(undefined, { breaker: false })
+      const { l2, make } = promised({ breaker: { failureThreshold: 1, resetAfter: "1 minute" } })
       const tiered = yield* make
-      yield* tiered.set("k", yield* makeEntry("v", MINUTE))
-      l1.mode = "fail"
-      expect(yield* getValue(tiered, "k")).toEqual(Option.some("v"))
+      expect(yield* tiered.get("x".repeat(5000))).toEqual(Option.none())
+      const [, s2] = yield* tiered.stats
+      expect(s2).toMatchObject({ errors: 1, breaker: "closed" })
+      expect(l2.calls.getPromise).toBe(1)
     }))
 
-  it.scoped("a write succeeds if some tier took it, and fails with the tier's error if none did", () =>
+  it.scoped("a reader interrupted while its L2 read is out does not strand the readers sharing its walk", () =>
     Effect.gen(function*() {
-      const { l1, l2, make } = twoTiers()
+      const { l1, l2, make } = promised({ breaker: { failureThreshold: 1, resetAfter: "1 minute" } })
       const tiered = yield* make
-      l2.mode = "fail"
-      yield* tiered.set("k", yield* makeEntry("v", MINUTE))
-      expect(l1.store.has("k")).toBe(true)
-      l1.mode = "fail"
-      const error = yield* Effect.flip(tiered.set("k", yield* makeEntry("v", MINUTE)))
-      expect(error._tag).toBe("BackendUnavailable")
+      l2.store.set("k", yield* makeEntry("v", MINUTE))
+      l2.mode = "hang"
+      const first = yield* Effect.fork(tiered.get("k"))
+      yield* settle(() => l2.calls.getPromise === 1)
+      const second = yield* Effect.fork(tiered.get("k"))
+      yield* quiesce
+      yield* Fiber.interrupt(first)
+      yield* settle(() => l2.calls.getPromise === 2) // the waiter walked again on its own
+      l2.releaseHeld()
+      expect(Option.map(yield* Fiber.join(second), str)).toEqual(Option.some("v"))
+      expect(l1.store.has("k")).toBe(true) // promoted by the second reader
+      const [, s2] = yield* tiered.stats
+      // the abandoned read counted neither a hit nor an error; the breaker was not touched
+      expect(s2).toMatchObject({ hits: 1, errors: 0, breaker: "closed" })
     }))
 })
 

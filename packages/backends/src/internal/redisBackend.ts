@@ -7,7 +7,7 @@ import type { Result } from "ioredis"
 import type { ResolvedOptions } from "../RedisBackend.js"
 import { groupByNode, makeClient, scanTargets } from "./redisCluster.js"
 import { authOptions } from "./redisConnection.js"
-import { decodeStored, encodeWithin, storedAnswer } from "./wireEntry.js"
+import { decodeStored, encodeWithin, storedAnswer, UNDECODABLE } from "./wireEntry.js"
 
 declare module "ioredis" {
   interface RedisCommander<Context> {
@@ -278,6 +278,36 @@ export const makeRedisBackend = (
           })
         ))
 
+    /**
+     * `get` as a Promise (the `unsafeGetPromise` capability), for `TieredCache`'s L2 read path. An
+     * undecodable entry is deleted (the rare path runs the Effect of `get`'s own removal) and is a miss.
+     */
+    const unsafeGetPromise = (key: string, clock: Clock.Clock): Promise<CacheEntry.CacheEntry | undefined> => {
+      const invalid = CacheBackend.invalidKey(key)
+      if (invalid !== undefined) {
+        return Promise.reject(invalid)
+      }
+      let reply: Promise<Buffer | null>
+      try {
+        reply = client.getBuffer(entryKey(key))
+      } catch (cause) {
+        return Promise.reject(getFailed(cause))
+      }
+      return reply.then(
+        (bytes) => {
+          const stored = decodeStored(key, bytes, clock.unsafeCurrentTimeMillis())
+          if (stored !== UNDECODABLE) {
+            return stored
+          }
+          return Effect.runPromise(Effect.either(removeKeys([key], "delete undecodable"))).then((removed) =>
+            Either.isLeft(removed) ? Promise.reject(removed.left) : undefined
+          )
+        },
+        (cause) =>
+          Promise.reject(getFailed(cause))
+      )
+    }
+
     const set = (key: string, entry: CacheEntry.CacheEntry): Effect.Effect<void, CacheError.CacheError> =>
       Effect.gen(function*() {
         yield* validate(key)
@@ -289,8 +319,7 @@ export const makeRedisBackend = (
         // sets live in other slots and are updated in a second pipeline, only when tags are involved.
         const oldTags = yield* call(
           "set",
-          () =>
-            client.cachekitSet(entryKey(key), linksKey(key), value, String(ttl ?? -1), ...tags)
+          () => client.cachekitSet(entryKey(key), linksKey(key), value, String(ttl ?? -1), ...tags)
         )
         const dropped = oldTags.filter((t) => !tags.includes(t))
         if (tags.length > 0 || dropped.length > 0) {
@@ -441,6 +470,7 @@ export const makeRedisBackend = (
       health,
       tags: tagCapability,
       scan: scanCapability,
+      unsafeGetPromise,
       maxEntrySize: options.maxEntrySize
     } satisfies CB.CacheBackend
   })

@@ -103,6 +103,8 @@ interface TierRuntime {
   readonly maxEntrySize: number
   readonly timeout: Duration.Duration | undefined
   readonly timeoutMillis: number
+  /** Reads go through the backend's `unsafeGetPromise` (offered, and no Effect timeout to race). */
+  readonly readsPromise: boolean
   readonly breaker: CircuitBreaker | undefined
   readonly local: boolean
   readonly counters: Counters
@@ -141,6 +143,7 @@ const resolveTier = (tier: Tier, index: number): TierRuntime => {
     ),
     timeout,
     timeoutMillis: timeout === undefined ? Number.POSITIVE_INFINITY : Duration.toMillis(timeout),
+    readsPromise: timeout === undefined && tier.backend.unsafeGetPromise !== undefined,
     breaker: breakerOptions === undefined ? undefined : new CircuitBreaker({
       failureThreshold: Math.max(1, breakerOptions.failureThreshold ?? 5),
       resetAfterMillis: Duration.toMillis(breakerOptions.resetAfter ?? "30 seconds")
@@ -241,6 +244,51 @@ const lastErrorOf = (tier: TierRuntime, operation: string): CacheError =>
   lastErrors.get(tier) ??
     backendUnavailable(tier.name, operation, "circuit open", "the tier failed recently and is not being called")
 
+/** The breaker's word before a tier call: `true` when the call is skipped (counted). */
+const skips = (tier: TierRuntime, now: number): boolean => {
+  if (tier.breaker !== undefined && tier.breaker.decide(now) === "skip") {
+    tier.counters.skipped++
+    return true
+  }
+  return false
+}
+
+/** Bookkeeping of a tier call that answered: the breaker closes, the latency is recorded. */
+const succeeded = (tier: TierRuntime, started: number): void => {
+  tier.breaker?.onSuccess()
+  tier.latency.unsafeUpdate(performance.now() - started, [])
+}
+
+/**
+ * Bookkeeping of a tier call that failed (not interrupted): counted, remembered, fed to the
+ * breaker when the tier is unwell, logged; the call then counts as `SKIPPED`.
+ */
+const failed = (tier: TierRuntime, operation: string, cause: Cause.Cause<CacheError>): Effect.Effect<Skipped> => {
+  const breaker = tier.breaker
+  tier.counters.errors++
+  const failure = Cause.failureOption(cause)
+  if (Option.isSome(failure)) lastErrors.set(tier, failure.value)
+  if (Option.isSome(failure) && failure.value._tag === "BackendTimeout") tier.counters.timeouts++
+  const infrastructure = isInfrastructureFailure(cause)
+  return Clock.currentTimeMillis.pipe(
+    Effect.tap((at) => {
+      if (infrastructure) breaker?.onFailure(at)
+      else breaker?.onSuccess()
+    }),
+    Effect.zipRight(
+      Effect.logWarning(`tier ${tier.name}: ${operation} failed, continuing without it`).pipe(
+        Effect.annotateLogs({
+          tier: tier.name,
+          operation,
+          error: describe(cause),
+          breaker: breaker?.state ?? "none"
+        })
+      )
+    ),
+    Effect.as(SKIPPED)
+  )
+}
+
 /**
  * Runs one tier operation with the tier's timeout and breaker. Never fails (except by
  * interruption): a skipped, failed or timed-out call is counted, logged, and returns `SKIPPED`.
@@ -251,11 +299,7 @@ const guarded = <A>(
   effect: Effect.Effect<A, CacheError>,
   now: number
 ): Effect.Effect<A | Skipped> => {
-  const breaker = tier.breaker
-  if (breaker !== undefined && breaker.decide(now) === "skip") {
-    tier.counters.skipped++
-    return Effect.succeed(SKIPPED)
-  }
+  if (skips(tier, now)) return Effect.succeed(SKIPPED)
   const started = performance.now()
   const timeout = tier.timeout
   // Effect's timeout races two fibers per call: on an L2 hit that costs more than the Redis round
@@ -267,41 +311,26 @@ const guarded = <A>(
   return bounded.pipe(
     Effect.matchCauseEffect({
       onSuccess: (a) => {
-        breaker?.onSuccess()
-        tier.latency.unsafeUpdate(performance.now() - started, [])
+        succeeded(tier, started)
         return Effect.succeed(a)
       },
       onFailure: (cause) => {
         if (Cause.isInterruptedOnly(cause)) {
-          breaker?.onAbandon()
+          tier.breaker?.onAbandon()
           return Effect.failCause(cause as Cause.Cause<never>)
         }
-        tier.counters.errors++
-        const failure = Cause.failureOption(cause)
-        if (Option.isSome(failure)) lastErrors.set(tier, failure.value)
-        if (Option.isSome(failure) && failure.value._tag === "BackendTimeout") tier.counters.timeouts++
-        const infrastructure = isInfrastructureFailure(cause)
-        return Clock.currentTimeMillis.pipe(
-          Effect.tap((at) => {
-            if (infrastructure) breaker?.onFailure(at)
-            else breaker?.onSuccess()
-          }),
-          Effect.zipRight(
-            Effect.logWarning(`tier ${tier.name}: ${operation} failed, continuing without it`).pipe(
-              Effect.annotateLogs({
-                tier: tier.name,
-                operation,
-                error: describe(cause),
-                breaker: breaker?.state ?? "none"
-              })
-            )
-          ),
-          Effect.as(SKIPPED)
-        )
+        return failed(tier, operation, cause)
       }
     })
   )
 }
+
+/** A rejection of `unsafeGetPromise`: a `CacheError` is a failure, anything else a defect. */
+const rejectionCause = (error: unknown): Cause.Cause<CacheError> =>
+  typeof error === "object" && error !== null && "_tag" in error && typeof error._tag === "string" &&
+    error instanceof Error
+    ? Cause.fail(error as CacheError)
+    : Cause.die(error)
 
 // ---------------------------------------------------------------------------------------------
 // make
@@ -376,24 +405,85 @@ export const make = (
       return writes === undefined ? Effect.void : Effect.all(writes, { discard: true })
     }
 
+    /** What a tier's read found: a hit stops the walk (promoting into the tiers above), else on down. */
+    const found = (
+      key: string,
+      i: number,
+      now: number,
+      token: Walk | undefined,
+      clock: Clock.Clock,
+      result: Option.Option<CacheEntry> | Skipped
+    ): Effect.Effect<Option.Option<CacheEntry>> => {
+      if (result === SKIPPED) return walk(key, i + 1, now, token, clock)
+      const tier = tiers[i]!
+      if (Option.isNone(result)) {
+        tier.counters.misses++
+        return walk(key, i + 1, now, token, clock)
+      }
+      tier.counters.hits++
+      notify(key, result.value, i)
+      if (i === 0) return Effect.succeed(result)
+      const promotion = promote(key, result.value, i, now, token)
+      return promotion === Effect.void ? Effect.succeed(result) : Effect.as(promotion, result)
+    }
+
+    /**
+     * A tier read through the backend's `unsafeGetPromise`: the L2 hit path in one asynchronous step,
+     * with the breaker, counters, latency and fail-open of `guarded` done in the reply callback. The
+     * tier has no Effect timeout (else it reads through `guarded`); its backend's commands time out.
+     */
+    const readPromised = (
+      key: string,
+      i: number,
+      now: number,
+      token: Walk | undefined,
+      clock: Clock.Clock
+    ): Effect.Effect<Option.Option<CacheEntry>> => {
+      const tier = tiers[i]!
+      if (skips(tier, now)) return walk(key, i + 1, now, token, clock)
+      return Effect.async<Option.Option<CacheEntry>>((resume) => {
+        const started = performance.now()
+        let abandoned = false
+        let reply: Promise<CacheEntry | undefined>
+        try {
+          reply = tier.backend.unsafeGetPromise!(key, clock)
+        } catch (error) {
+          reply = Promise.reject(error)
+        }
+        reply.then(
+          (entry) => {
+            if (abandoned) return
+            succeeded(tier, started)
+            resume(found(key, i, now, token, clock, entry === undefined ? Option.none() : Option.some(entry)))
+          },
+          (error) => {
+            if (abandoned) return
+            resume(
+              Effect.flatMap(failed(tier, "get", rejectionCause(error)), () => walk(key, i + 1, now, token, clock))
+            )
+          }
+        )
+        return Effect.sync(() => {
+          abandoned = true
+          tier.breaker?.onAbandon()
+        })
+      })
+    }
+
     const walk = (
       key: string,
       i: number,
       now: number,
-      token: Walk | undefined
+      token: Walk | undefined,
+      clock: Clock.Clock
     ): Effect.Effect<Option.Option<CacheEntry>> => {
       if (i >= count) return none
       const tier = tiers[i]!
-      return Effect.flatMap(guarded(tier, "get", tier.backend.get(key), now), (found) => {
-        if (found === SKIPPED) return walk(key, i + 1, now, token)
-        if (Option.isNone(found)) {
-          tier.counters.misses++
-          return walk(key, i + 1, now, token)
-        }
-        tier.counters.hits++
-        notify(key, found.value, i)
-        return i === 0 ? Effect.succeed(found) : Effect.as(promote(key, found.value, i, now, token), found)
-      })
+      if (tier.readsPromise) return readPromised(key, i, now, token, clock)
+      return Effect.flatMap(
+        guarded(tier, "get", tier.backend.get(key), now),
+        (result) => found(key, i, now, token, clock, result)
+      )
     }
 
     /**
@@ -403,7 +493,12 @@ export const make = (
      * fork on the L2 hit path); if it is interrupted, the readers waiting on it walk again.
      */
     const walks = new Map<string, Walk>()
-    const sharedWalk = (key: string, from: number, now: number): Effect.Effect<Option.Option<CacheEntry>> => {
+    const sharedWalk = (
+      key: string,
+      from: number,
+      now: number,
+      clock: Clock.Clock
+    ): Effect.Effect<Option.Option<CacheEntry>> => {
       if (from >= count) return none
       const existing = walks.get(key)
       if (existing !== undefined) {
@@ -411,12 +506,12 @@ export const make = (
         const deferred = existing.deferred ??= Deferred.unsafeMake(FiberId.none)
         return Effect.catchAllCause(
           Deferred.await(deferred),
-          (cause) => Cause.isInterruptedOnly(cause) ? sharedWalk(key, from, now) : Effect.failCause(cause)
+          (cause) => Cause.isInterruptedOnly(cause) ? sharedWalk(key, from, now, clock) : Effect.failCause(cause)
         )
       }
       const token: Walk = { deferred: undefined, superseded: false }
       walks.set(key, token)
-      return Effect.onExit(walk(key, from, now, token), (exit) => {
+      return Effect.onExit(walk(key, from, now, token, clock), (exit) => {
         if (walks.get(key) === token) walks.delete(key)
         return token.deferred === undefined ? Effect.void : Deferred.done(token.deferred, exit)
       })
@@ -445,9 +540,9 @@ export const make = (
             return Effect.succeed(Option.some(entry))
           }
           first.counters.misses++
-          return sharedWalk(key, 1, now)
+          return sharedWalk(key, 1, now, clock)
         }
-        return sharedWalk(key, 0, now)
+        return sharedWalk(key, 0, now, clock)
       })
     }
 
