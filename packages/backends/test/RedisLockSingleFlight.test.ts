@@ -1,8 +1,15 @@
 import { RedisBackend, RedisLock, RedisSingleFlight } from "@cachekit/backends"
 import { Cache, Codec } from "@cachekit/core"
 import { describe, expect, inject, it } from "@effect/vitest"
-import { Context, Effect, Fiber, Layer, Option } from "effect"
+import { Context, Deferred, Effect, Fiber, Layer, Option } from "effect"
 import { startRedis } from "./servers.js"
+
+/** `compute` that first signals `started`: a flight's compute runs only once its lock is held. */
+const signalling = <A, E>(compute: Effect.Effect<A, E>) =>
+  Effect.map(Deferred.make<void>(), (started) => ({
+    started: Deferred.await(started),
+    compute: Effect.zipRight(Deferred.succeed(started, undefined), compute)
+  }))
 
 const port = inject("redisPort")
 // the cluster is only started when a *Cluster* test file runs too (see globalSetup); else skipped
@@ -92,13 +99,15 @@ describe.concurrent.each(targets)("RedisSingleFlight on $target", ({ options, sk
     () =>
       Effect.gen(function*() {
         const prefix = freshPrefix()
-        const a = yield* instance(prefix, { lockTtl: "300 millis" })
-        const b = yield* instance(prefix, { lockTtl: "300 millis" })
+        // the compute outlives the TTL 2.5 times over; a TTL under 1 s lets a loaded machine's stalls expire it
+        const a = yield* instance(prefix, { lockTtl: "1 second" })
+        const b = yield* instance(prefix, { lockTtl: "1 second" })
         yield* warmUp("k", a, b)
         let computes = 0
-        const slow = Effect.sync(() => text(`slow ${++computes}`)).pipe(Effect.delay("700 millis"))
-        const holder = yield* Effect.fork(a.wrap("k", slow))
-        yield* Effect.sleep("50 millis")
+        const slow = Effect.sync(() => text(`slow ${++computes}`)).pipe(Effect.delay("2500 millis"))
+        const first = yield* signalling(slow)
+        const holder = yield* Effect.fork(a.wrap("k", first.compute))
+        yield* first.started
         expect(untext(yield* b.wrap("k", slow))).toBe("slow 1")
         expect(untext(yield* Fiber.join(holder))).toBe("slow 1")
         expect(computes).toBe(1)
@@ -114,8 +123,9 @@ describe.concurrent.each(targets)("RedisSingleFlight on $target", ({ options, sk
         const a = yield* instance(prefix, { pollInterval: "10 seconds" })
         const b = yield* instance(prefix, { pollInterval: "10 seconds" })
         yield* warmUp("k", a, b)
-        const holder = yield* Effect.fork(a.wrap("k", Effect.succeed(text("from a")).pipe(Effect.delay("200 millis"))))
-        yield* Effect.sleep("50 millis")
+        const first = yield* signalling(Effect.succeed(text("from a")).pipe(Effect.delay("200 millis")))
+        const holder = yield* Effect.fork(a.wrap("k", first.compute))
+        yield* first.started
         const started = Date.now()
         expect(untext(yield* b.wrap("k", Effect.succeed(text("from b"))))).toBe("from a")
         expect(Date.now() - started).toBeLessThan(1000)
@@ -150,8 +160,9 @@ describe.concurrent.each(targets)("RedisSingleFlight on $target", ({ options, sk
         const prefix = freshPrefix()
         const a = yield* instance(prefix, { lockTtl: "5 seconds" })
         const b = yield* instance(prefix, { lockTtl: "5 seconds" })
-        const holder = yield* Effect.fork(a.wrap("k", Effect.never))
-        yield* Effect.sleep("100 millis")
+        const first = yield* signalling(Effect.never)
+        const holder = yield* Effect.fork(a.wrap("k", first.compute))
+        yield* first.started
         const waiter = yield* Effect.fork(b.wrap("k", Effect.succeed(text("from b"))))
         yield* Effect.sleep("100 millis")
         // still waiting for a
@@ -170,10 +181,9 @@ describe.concurrent.each(targets)("RedisSingleFlight on $target", ({ options, sk
         const prefix = freshPrefix()
         const a = yield* instance(prefix)
         const b = yield* instance(prefix)
-        const holder = yield* Effect.fork(
-          a.wrap("k", Effect.fail("origin down" as const).pipe(Effect.delay("150 millis")))
-        )
-        yield* Effect.sleep("50 millis")
+        const first = yield* signalling(Effect.fail("origin down" as const).pipe(Effect.delay("150 millis")))
+        const holder = yield* Effect.fork(a.wrap("k", first.compute))
+        yield* first.started
         const fromB = yield* b.wrap("k", Effect.succeed(text("from b")))
         expect(untext(fromB)).toBe("from b")
         expect(yield* Effect.flip(Fiber.join(holder))).toBe("origin down")
@@ -185,11 +195,13 @@ describe.concurrent.each(targets)("RedisSingleFlight on $target", ({ options, sk
       const prefix = freshPrefix()
       const a = yield* instance(prefix)
       const b = yield* instance(prefix, { waitTimeout: "200 millis" })
-      yield* Effect.fork(a.wrap("k", Effect.succeed(text("slow")).pipe(Effect.delay("1500 millis"))))
-      yield* Effect.sleep("50 millis")
+      const first = yield* signalling(Effect.succeed(text("slow")).pipe(Effect.delay("4 seconds")))
+      yield* Effect.fork(a.wrap("k", first.compute))
+      yield* first.started
       const started = Date.now()
       expect(untext(yield* b.wrap("k", Effect.succeed(text("impatient"))))).toBe("impatient")
-      expect(Date.now() - started).toBeLessThan(1000)
+      // well before the holder's 4 s, with room for a loaded machine
+      expect(Date.now() - started).toBeLessThan(2500)
     }))
 
   it.scopedLive.skipIf(skip)(
