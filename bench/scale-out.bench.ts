@@ -431,16 +431,18 @@ const hits = async ({ origin, redisUrl }: Env): Promise<string> => {
   return [
     "### Hit throughput, 1 vs 2 processes",
     "",
-    `One cached URL (1 KiB body) per setup, ${connections} connections from autocannon (in the bench process, on the same 2 cores), ${rounds} rounds of ${seconds} s with the setups taking turns (the table shows each setup's best round, and the median of its rounds: load from other work changes by the second). The processes of \`--instances 2\` share one port through node:cluster (the primary accepts each connection and hands it to a worker round-robin; both workers answered, checked through \`Cachekit-Instance\`); the two separate processes each get half of the connections. Proxy CPU per hit is the user + system CPU time of the proxy's processes (the primary and its workers for \`--instances 2\`, from /proc) over the requests answered: what each hit costs, whatever else runs on the machine. Every measured request is a memory-L1 hit (origin requests during the measured runs: ${
+    `One cached URL (1 KiB body) per setup, ${connections} connections from autocannon (in the bench process, on the same 2 cores), ${rounds} rounds of ${seconds} s with the setups taking turns (the table shows each setup's best round, and the median of its rounds: load from other work changes by the second). The processes of \`--instances 2\` share one port through node:cluster (the primary accepts each connection and hands it to a worker round-robin; both workers answered, checked through \`Cachekit-Instance\`); the two separate processes each get half of the connections. Proxy CPU per hit is the user + system CPU time of the proxy's processes (the primary and its workers for \`--instances 2\`, from /proc) over the requests answered: what each hit costs, whatever else runs on the machine; times req/s it gives the cores the proxy kept busy (below 1 for one process: the client, not the proxy, is then the limit). Every measured request is a memory-L1 hit (origin requests during the measured runs: ${
       cells.map((c, i) => `${setups[i]!.short} ${c.originRequests}`).join(", ")
     }).`,
     "",
-    "| setup | best round req/s | p50 ms | p99 ms | errors | vs 1 process | median round req/s | vs 1 process | proxy CPU µs per hit (median) |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| setup | best round req/s | p50 ms | p99 ms | errors | vs 1 process | proxy CPU in that round (cores) | median round req/s | vs 1 process | proxy CPU µs per hit (median) |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ...setups.map((setup, i) =>
       `| ${setup.name} | ${fmt(cells[i]!.reqPerSec)} | ${cells[i]!.p50} | ${cells[i]!.p99} | ${cells[i]!.errors} | ${
         fmt(cells[i]!.reqPerSec / base, 2)
-      }x | ${fmt(median(all[i]!))} | ${fmt(median(all[i]!) / median(all[0]!), 2)}x | ${fmt(median(cpuPerHit[i]!), 1)} |`
+      }x | ${fmt((cells[i]!.reqPerSec * cells[i]!.cpuMicrosPerHit) / 1e6, 2)} | ${fmt(median(all[i]!))} | ${
+        fmt(median(all[i]!) / median(all[0]!), 2)
+      }x | ${fmt(median(cpuPerHit[i]!), 1)} |`
     )
   ].join("\n")
 }
