@@ -10,7 +10,7 @@ import { HttpClientCache } from "@cachekit/http"
 import { HttpClient, HttpClientRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpClient, NodeHttpServerRequest } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer } from "effect"
+import { Effect, Fiber, Layer, Stream } from "effect"
 import * as net from "node:net"
 import type { Handler } from "./HttpClientCacheFixtures.js"
 import { OriginLive, OriginTag } from "./HttpClientCacheFixtures.js"
@@ -31,11 +31,13 @@ let run = 0
 const uniquePrefix = () => `cachekit-test:sf:${process.pid}:${Date.now()}:${++run}:`
 
 /** One caching stack ("instance"): its own backend connection, its own gate when `gated`. */
-const instance = (prefix: string, gated: boolean) =>
+const instance = (prefix: string, gated: boolean, flightOptions: RedisSingleFlight.Options = {}) =>
   Effect.gen(function*() {
     const backend = yield* RedisBackend.make({ url: REDIS_URL, prefix })
     yield* Effect.addFinalizer(() => Effect.ignore(backend.clear))
-    const flight = gated ? yield* Effect.orDie(RedisSingleFlight.make({ url: REDIS_URL, prefix })) : undefined
+    const flight = gated
+      ? yield* Effect.orDie(RedisSingleFlight.make({ url: REDIS_URL, prefix, ...flightOptions }))
+      : undefined
     const upstream = yield* HttpClient.HttpClient
     return yield* HttpClientCache.withCache({
       shared: true,
@@ -44,14 +46,17 @@ const instance = (prefix: string, gated: boolean) =>
   })
 
 /** Two instances on one prefix, or skipped (undefined) when Redis is not there. */
-const twoInstances = (gated: boolean) =>
+const twoInstances = (gated: boolean, flightOptions: RedisSingleFlight.Options = {}) =>
   Effect.gen(function*() {
     if (!(yield* redisUp)) {
       if (process.env["CACHEKIT_REQUIRE_SERVERS"] === "1") expect.fail("redis-server is not listening on 6379")
       return undefined
     }
     const prefix = uniquePrefix()
-    return [yield* Effect.orDie(instance(prefix, gated)), yield* Effect.orDie(instance(prefix, gated))] as const
+    return [
+      yield* Effect.orDie(instance(prefix, gated, flightOptions)),
+      yield* Effect.orDie(instance(prefix, gated, flightOptions))
+    ] as const
   })
 
 const route = (path: string, handler: Handler) => Effect.map(OriginTag, (origin) => origin.route(path, handler))
@@ -103,6 +108,34 @@ describe("HttpClientCache distributed single-flight (two stacks, one Redis)", ()
       expect(results.every((r) => r.status === 200 && r.body === "the one body")).toBe(true)
       // the other instance's callers were answered from the shared backend
       expect(results.filter((r) => r.cacheStatus.includes("hit")).length).toBe(99)
+    }).pipe(Effect.provide(layer)))
+
+  it.scopedLive("a 1 MiB body streamed through the fetching fiber reaches every caller whole, fetched once", () =>
+    Effect.gen(function*() {
+      const big = new Uint8Array(1024 * 1024).map((_, i) => i % 253)
+      yield* route(
+        "/big",
+        slow(100, () =>
+          HttpServerResponse.stream(Stream.make(big.subarray(0, 300_000), big.subarray(300_000)), {
+            contentType: "application/octet-stream",
+            contentLength: big.byteLength,
+            headers: { "cache-control": "public, max-age=60" }
+          }))
+      )
+      const pair = yield* twoInstances(true)
+      if (pair === undefined) return
+      const [a, b] = pair
+      const origin = yield* OriginTag
+      const bodies = yield* Effect.all(
+        Array.from({ length: 20 }, (_, i) =>
+          Effect.flatMap(
+            Effect.orDie((i % 2 === 0 ? a : b).execute(HttpClientRequest.get(origin.url("/big")))),
+            (response) => Effect.orDie(response.arrayBuffer)
+          )),
+        { concurrency: "unbounded" }
+      )
+      expect(yield* calls("/big")).toBe(1)
+      expect(bodies.every((body) => Buffer.from(body).equals(Buffer.from(big)))).toBe(true)
     }).pipe(Effect.provide(layer)))
 
   it.scopedLive("without the gate the same stampede reaches the origin once per instance", () =>
@@ -227,4 +260,32 @@ describe("HttpClientCache distributed single-flight (two stacks, one Redis)", ()
         Array(5).fill("good 2")
       )
     }).pipe(Effect.provide(layer)))
+
+  it.scopedLive(
+    "a caller that goes away while its instance fetches frees the key: the other instance fetches at once",
+    () =>
+      Effect.gen(function*() {
+        // the first request hangs at the origin until its client gives up; later ones answer
+        yield* route("/abandoned", ({ n }) =>
+          n === 1
+            ? Effect.never
+            : Effect.succeed(
+              HttpServerResponse.text(`answer ${n}`, { headers: { "cache-control": "public, max-age=60" } })
+            ))
+        // waiting for another instance would take a minute: only a released lock lets B finish in time
+        const pair = yield* twoInstances(true, { waitTimeout: "60 seconds", pollInterval: "20 seconds" })
+        if (pair === undefined) return
+        const [a, b] = pair
+        const first = yield* Effect.fork(get(a, "/abandoned"))
+        while ((yield* calls("/abandoned")) === 0) yield* Effect.sleep("5 millis")
+        const second = yield* Effect.fork(get(b, "/abandoned"))
+        yield* Effect.sleep("100 millis") // B is waiting on A's lock now
+        expect(yield* calls("/abandoned")).toBe(1)
+        yield* Fiber.interrupt(first)
+        const answer = yield* Fiber.join(second).pipe(Effect.timeout("10 seconds"))
+        expect(answer.body).toBe("answer 2")
+        expect(yield* calls("/abandoned")).toBe(2)
+      }).pipe(Effect.provide(layer)),
+    30_000
+  )
 })
