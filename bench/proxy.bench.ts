@@ -275,6 +275,11 @@ const fmt = (n: number, digits = 0) =>
 const writeSection = writeReadmeSection
 
 /** Proxy `i`'s req/s over undici's, round by round (each round runs every proxy once, back to back). */
+const median = (xs: ReadonlyArray<number>): number => {
+  const sorted = [...xs].sort((a, b) => a - b)
+  return sorted[Math.floor(sorted.length / 2)]!
+}
+
 const perRound = (all: ReadonlyArray<ReadonlyArray<Cell>>, i: number): Array<number> =>
   all[i]!.map((cell, round) => cell.reqPerSec / all[2]![round]!.reqPerSec)
 
@@ -358,14 +363,14 @@ const main = async () => {
   const names = proxies.map((p) => p.name)
   const ratio = (results: ReadonlyArray<Cell>, all: ReadonlyArray<ReadonlyArray<Cell>>, i: number) => {
     const each = perRound(all, i)
-    return `${fmt(results[i]!.reqPerSec / results[undiciIndex]!.reqPerSec, 2)}x (${fmt(Math.min(...each), 2)}–${
-      fmt(Math.max(...each), 2)
-    })`
+    return `${fmt(results[i]!.reqPerSec / results[undiciIndex]!.reqPerSec, 2)}x (${fmt(median(each), 2)}x; ${
+      fmt(Math.min(...each), 2)
+    }–${fmt(Math.max(...each), 2)})`
   }
   const table = [
     `| body | conns | ${
       names.map((n) => `${n} req/s (p50 / p99 ms)`).join(" | ")
-    } | memory / undici (rounds) | default / undici (rounds) |`,
+    } | memory / undici (round median; range) | default / undici (round median; range) |`,
     `|---|---:|${names.map(() => "---:").join("|")}|---:|---:|`,
     ...cells.map(({ body, connections, results, rounds: all }) =>
       `| ${body} | ${connections} | ${results.map((r) => `${fmt(r.reqPerSec)} (${r.p50} / ${r.p99})`).join(" | ")} | ${
@@ -373,10 +378,6 @@ const main = async () => {
       } | ${ratio(results, all, 1)} |`
     )
   ]
-  const median = (xs: ReadonlyArray<number>) => {
-    const sorted = [...xs].sort((a, b) => a - b)
-    return sorted[Math.floor(sorted.length / 2)]!
-  }
   const cpuTable = [
     `| body | conns | ${names.join(" | ")} |`,
     `|---|---:|${names.map(() => "---:").join("|")}|`,
@@ -396,7 +397,7 @@ const main = async () => {
   writeSection([
     "## Proxy",
     "",
-    `Measured by \`npm run bench -- proxy\` (${date}, Node ${process.version}, 2 cores shared with other work: absolute numbers move a lot between runs, compare within a row). The origin and each proxy are child processes on loopback; autocannon (in the bench process, on the same 2 cores) keeps 1 or 64 connections busy; each cell runs the five proxies round-robin ${rounds} times (each round starting with the next proxy, and waiting until the last one and the origin are idle before the next run) for ${seconds} s after a warm-up and keeps each proxy's best round (load from other work changes by the second); the ratio columns give best over best, and in brackets the lowest and highest ratio of one round (cachekit and undici measured back to back). For the caching proxies every measured request is a hit on one URL. Proxies: \`cachekit proxy --backend memory\` (shared cache), \`cachekit proxy\` on its default backend (memory L1 + disk L2 tiers, \`--disk-dir\` a temporary directory), a plain Node \`http\` proxy forwarding through undici 7 with \`interceptors.cache()\` (MemoryCacheStore, shared), the same plain proxy without the cache, and \`cachekit proxy --backend none\` (forwarding only).`,
+    `Measured by \`npm run bench -- proxy\` (${date}, Node ${process.version}, 2 cores shared with other work: absolute numbers move a lot between runs, compare within a row). The origin and each proxy are child processes on loopback; autocannon (in the bench process, on the same 2 cores) keeps 1 or 64 connections busy; each cell runs the five proxies round-robin ${rounds} times (each round starting with the next proxy, and waiting until the last one and the origin are idle before the next run) for ${seconds} s after a warm-up and keeps each proxy's best round (load from other work changes by the second); the ratio columns give best over best, and in brackets the median and the range of the ratio within one round (cachekit and undici measured in the same round, seconds apart). For the caching proxies every measured request is a hit on one URL. Proxies: \`cachekit proxy --backend memory\` (shared cache), \`cachekit proxy\` on its default backend (memory L1 + disk L2 tiers, \`--disk-dir\` a temporary directory), a plain Node \`http\` proxy forwarding through undici 7 with \`interceptors.cache()\` (MemoryCacheStore, shared), the same plain proxy without the cache, and \`cachekit proxy --backend none\` (forwarding only).`,
     "",
     ...table,
     "",
