@@ -298,6 +298,32 @@ describe("TieredCache over an L2 that reads as a Promise (unsafeGetPromise)", ()
       expect(l2.calls.getPromise).toBe(1)
     }))
 
+  it.scoped("concurrent misses of one key share one Promise read of L2; a miss there is shared too", () =>
+    Effect.gen(function*() {
+      const { l2, make } = promised()
+      const tiered = yield* make
+      l2.store.set("k", yield* makeEntry("v", MINUTE))
+      l2.mode = "hang"
+      const readers = yield* Effect.forEach(["k", "k", "k", "nope", "nope"], (key) => Effect.fork(tiered.get(key)))
+      yield* settle(() => l2.calls.getPromise === 2)
+      yield* quiesce
+      l2.releaseHeld()
+      const answers = yield* Effect.forEach(readers, Fiber.join)
+      expect(answers.map(Option.map(str))).toEqual([
+        Option.some("v"),
+        Option.some("v"),
+        Option.some("v"),
+        Option.none(),
+        Option.none()
+      ])
+      expect(l2.calls.getPromise).toBe(2)
+      // the walk is over: the next miss of the key reads L2 again
+      l2.mode = "ok"
+      yield* tiered.invalidate("k")
+      expect(yield* tiered.get("k")).toEqual(Option.none())
+      expect(l2.calls.getPromise).toBe(3)
+    }))
+
   it.scoped("a reader interrupted while its L2 read is out does not strand the readers sharing its walk", () =>
     Effect.gen(function*() {
       const { l1, l2, make } = promised({ breaker: { failureThreshold: 1, resetAfter: "1 minute" } })

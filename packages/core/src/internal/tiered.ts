@@ -11,6 +11,7 @@ import {
   Deferred,
   Duration,
   Effect,
+  Exit,
   FiberId,
   Metric,
   MetricBoundaries,
@@ -431,16 +432,24 @@ export const make = (
      * A tier read through the backend's `unsafeGetPromise`: the L2 hit path in one asynchronous step,
      * with the breaker, counters, latency and fail-open of `guarded` done in the reply callback. The
      * tier has no Effect timeout (else it reads through `guarded`); its backend's commands time out.
+     *
+     * `last`: the read is the shared walk's last step (the lowest tier), so it ends the walk itself
+     * (`endWalk` as soon as the answer is known, or on interruption) instead of an `Effect.onExit`
+     * around it; a promotion the answer triggers then runs after the waiters have their answer.
      */
     const readPromised = (
       key: string,
       i: number,
       now: number,
       token: Walk | undefined,
-      clock: Clock.Clock
+      clock: Clock.Clock,
+      last: boolean
     ): Effect.Effect<Option.Option<CacheEntry>> => {
       const tier = tiers[i]!
-      if (skips(tier, now)) return walk(key, i + 1, now, token, clock)
+      if (skips(tier, now)) {
+        if (last) endWalk(key, token!, missed)
+        return walk(key, i + 1, now, token, clock)
+      }
       return Effect.async<Option.Option<CacheEntry>>((resume) => {
         const started = performance.now()
         let abandoned = false
@@ -454,10 +463,14 @@ export const make = (
           (entry) => {
             if (abandoned) return
             succeeded(tier, started)
-            resume(found(key, i, now, token, clock, entry === undefined ? Option.none() : Option.some(entry)))
+            const result = entry === undefined ? Option.none<CacheEntry>() : Option.some(entry)
+            const next = found(key, i, now, token, clock, result)
+            if (last) endWalk(key, token!, Exit.succeed(result))
+            resume(next)
           },
           (error) => {
             if (abandoned) return
+            if (last) endWalk(key, token!, missed)
             resume(
               Effect.flatMap(failed(tier, "get", rejectionCause(error)), () => walk(key, i + 1, now, token, clock))
             )
@@ -466,6 +479,7 @@ export const make = (
         return Effect.sync(() => {
           abandoned = true
           tier.breaker?.onAbandon()
+          if (last) endWalk(key, token!, interrupted)
         })
       })
     }
@@ -479,7 +493,7 @@ export const make = (
     ): Effect.Effect<Option.Option<CacheEntry>> => {
       if (i >= count) return none
       const tier = tiers[i]!
-      if (tier.readsPromise) return readPromised(key, i, now, token, clock)
+      if (tier.readsPromise) return readPromised(key, i, now, token, clock, false)
       return Effect.flatMap(
         guarded(tier, "get", tier.backend.get(key), now),
         (result) => found(key, i, now, token, clock, result)
@@ -511,11 +525,22 @@ export const make = (
       }
       const token: Walk = { deferred: undefined, superseded: false }
       walks.set(key, token)
+      // the common L1-miss-then-L2 read: the Promise read ends the walk itself (no onExit around it)
+      if (from === count - 1 && tiers[from]!.readsPromise) return readPromised(key, from, now, token, clock, true)
       return Effect.onExit(walk(key, from, now, token, clock), (exit) => {
         if (walks.get(key) === token) walks.delete(key)
         return token.deferred === undefined ? Effect.void : Deferred.done(token.deferred, exit)
       })
     }
+
+    /** Ends a shared walk with its answer: new readers walk again, the waiters get `exit`. */
+    const endWalk = (key: string, token: Walk, exit: Exit.Exit<Option.Option<CacheEntry>>) => {
+      if (walks.get(key) === token) walks.delete(key)
+      if (token.deferred !== undefined) Deferred.unsafeDone(token.deferred, exit)
+    }
+    const missed: Exit.Exit<Option.Option<CacheEntry>> = Exit.succeed(Option.none())
+    /** Waiters of an interrupted walk see an interruption and walk again. */
+    const interrupted: Exit.Exit<Option.Option<CacheEntry>> = Exit.interrupt(FiberId.none)
 
     /** A write or invalidation of `key`: in-flight walks must not promote what they found, new reads walk again. */
     const supersede = (key: string) => {
