@@ -274,6 +274,36 @@ describe.each(variants)("Cache on $name", ({ withCache }) => {
         })
       ))
 
+    it.effect("an awaited compute starts in the first caller's turn, before fibers already queued; a refresh does not", () =>
+      withCache((cache) =>
+        Effect.gen(function*() {
+          const text = cache.typed(Schema.String)
+          const order: Array<string> = []
+          const compute = (label: string) =>
+            Effect.sync(() => order.push(`${label} compute starts`)).pipe(
+              Effect.zipRight(Effect.sleep("1 second")),
+              Effect.as(label)
+            )
+          // Both fibers are queued before either runs: the compute must not wait for the second.
+          const caller = yield* Effect.fork(
+            text.getOrCompute("k", compute("miss"), { ttl: "1 minute", grace: "1 hour" })
+          )
+          const other = yield* Effect.fork(Effect.sync(() => order.push("other fiber runs")))
+          yield* settle
+          expect(order).toEqual(["miss compute starts", "other fiber runs"])
+          yield* TestClock.adjust("1 second")
+          expect(yield* Fiber.join(caller)).toBe("miss")
+          yield* Fiber.join(other)
+          // Stale inside grace: the reader gets the stale value and the refresh runs later, never in its turn.
+          yield* TestClock.adjust("2 minutes")
+          order.length = 0
+          const value = yield* text.getOrCompute("k", compute("refresh"), { grace: "1 hour" })
+          order.push(`reader has ${value}`)
+          yield* settle
+          expect(order).toEqual(["reader has miss", "refresh compute starts"])
+        })
+      ))
+
     it.effect("interrupting one waiter does not interrupt the compute the others wait for", () =>
       withCache((cache) =>
         Effect.gen(function*() {

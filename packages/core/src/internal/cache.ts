@@ -7,7 +7,21 @@
 import type { Scope } from "effect"
 import type { Clock } from "effect"
 import type { MetricHook } from "effect"
-import { Cause, Deferred, Duration, Effect, Effectable, Exit, FiberId, Metric, MetricKey, Option, Utils } from "effect"
+import {
+  Cause,
+  Deferred,
+  Duration,
+  Effect,
+  Effectable,
+  Exit,
+  FiberId,
+  FiberRef,
+  Metric,
+  MetricKey,
+  Option,
+  Scheduler,
+  Utils
+} from "effect"
 import type * as CacheApi from "../Cache.js"
 import { ComputeTimeout, TagsUnsupported } from "../Cache.js"
 import type { CacheBackend } from "../CacheBackend.js"
@@ -257,6 +271,9 @@ const lookup = <A, E, R, P1, P2, P3>(
   p3: P3
 ): Effect.Effect<A, E, R> => new Lookup(step, key, p1, p2, p3) as unknown as Effect.Effect<A, E, R>
 
+/** Runs a fiber's start synchronously, in the forking fiber's turn (see `startCompute`). */
+const startAtOnce = Scheduler.make((task) => task())
+
 type Waiter = Deferred.Deferred<unknown, unknown>
 
 /** @internal */
@@ -499,13 +516,20 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
    * The compute of one key, run in the cache's scope (not the caller's): its result completes the
    * Deferred every waiter awaits; it then stores the value (a failing store is absorbed) and leaves
    * the in-flight map whatever happens, so no key is ever stuck.
+   *
+   * With `awaited` (a caller waits for it) the worker starts inside this call, up to its first
+   * asynchronous step (the compute's timer or I/O begins at once), instead of queueing behind every
+   * fiber the scheduler already has: in a stampede those are the other callers, and the compute
+   * would begin only after all of them had started. A background refresh starts the usual way, so
+   * a reader served stale never runs any of the compute itself.
    */
   const startCompute = <E, R>(
     key: string,
     compute: Effect.Effect<A, E, R>,
     r: Resolved,
     options: CacheApi.ComputeOptions<A, E> | undefined,
-    hasFallback: boolean
+    hasFallback: boolean,
+    awaited: boolean
   ): Effect.Effect<Deferred.Deferred<A, E | ComputeTimeout | CacheApi.InputError>, never, R> =>
     // Uninterruptible from registering the Deferred to forking the worker: an interruption in
     // between would leave a Deferred nobody completes, and every later caller of the key stuck on it.
@@ -540,7 +564,17 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
         }))
       )
       // The worker itself stays interruptible (hard timeout, scope close), whatever the flags here.
-      return Effect.as(Effect.forkIn(Effect.interruptible(worker), scope), deferred)
+      if (!awaited) return Effect.as(Effect.forkIn(Effect.interruptible(worker), scope), deferred)
+      // Forked under a scheduler that runs the start at once; the worker then goes back to the
+      // caller's scheduler for everything after its first step.
+      return Effect.flatMap(FiberRef.get(FiberRef.currentScheduler), (scheduler) =>
+        Effect.as(
+          Effect.withScheduler(
+            Effect.forkIn(Effect.interruptible(Effect.withScheduler(worker, scheduler)), scope),
+            startAtOnce
+          ),
+          deferred
+        ))
     }))
 
   const storeValue = <E>(
@@ -624,7 +658,7 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
     const existing = inflight.get(key) as Deferred.Deferred<A, E | ComputeTimeout | CacheApi.InputError> | undefined
     if (existing !== undefined) return waitFor(existing, r, fallback)
     return Effect.flatMap(
-      startCompute(key, compute, r, options, fallback !== undefined),
+      startCompute(key, compute, r, options, fallback !== undefined, true),
       (deferred) => waitFor(deferred, r, fallback)
     )
   }
@@ -657,7 +691,7 @@ const makeTyped = <A>(core: Core, codec: Codec<A>): CacheApi.TypedCache<A> => {
   ): Effect.Effect<void, never, R> => {
     if (inflight.has(key)) return Effect.void
     stats.bump("backgroundRefreshes")
-    return Effect.asVoid(startCompute(key, compute, r, options, true))
+    return Effect.asVoid(startCompute(key, compute, r, options, true, false))
   }
 
   const onEntryForCompute = <E, R>(
