@@ -465,7 +465,7 @@ export const make = (
             succeeded(tier, started)
             const result = entry === undefined ? Option.none<CacheEntry>() : Option.some(entry)
             const next = found(key, i, now, token, clock, result)
-            if (last) endWalk(key, token!, Exit.succeed(result))
+            if (last) endWalk(key, token!, result)
             resume(next)
           },
           (error) => {
@@ -533,10 +533,16 @@ export const make = (
       })
     }
 
-    /** Ends a shared walk with its answer: new readers walk again, the waiters get `exit`. */
-    const endWalk = (key: string, token: Walk, exit: Exit.Exit<Option.Option<CacheEntry>>) => {
+    /** Ends a shared walk with its answer: new readers walk again, the waiters get the answer. */
+    const endWalk = (
+      key: string,
+      token: Walk,
+      answer: Option.Option<CacheEntry> | Exit.Exit<Option.Option<CacheEntry>>
+    ) => {
       if (walks.get(key) === token) walks.delete(key)
-      if (token.deferred !== undefined) Deferred.unsafeDone(token.deferred, exit)
+      if (token.deferred !== undefined) {
+        Deferred.unsafeDone(token.deferred, Exit.isExit(answer) ? answer : Exit.succeed(answer))
+      }
     }
     const missed: Exit.Exit<Option.Option<CacheEntry>> = Exit.succeed(Option.none())
     /** Waiters of an interrupted walk see an interruption and walk again. */
