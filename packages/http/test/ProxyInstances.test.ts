@@ -6,11 +6,12 @@ import { CacheBackend, MemoryBackend } from "@cachekit/core"
 import { Proxy } from "@cachekit/http"
 import { NodeHttpClient } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Either, Layer, Option } from "effect"
+import { Clock, Context, Effect, Either, Exit, Fiber, Layer, Option, TestClock } from "effect"
 import { runProxyCommand } from "../src/internal/cli.js"
 import { parse } from "../src/internal/cliArgs.js"
 import * as ProxyBackends from "../src/internal/proxyBackends.js"
-import { checkShareable, runIfPrimary } from "../src/internal/proxyCluster.js"
+import type { Ended } from "../src/internal/proxyCluster.js"
+import { checkShareable, runIfPrimary, supervise } from "../src/internal/proxyCluster.js"
 import type { Fetched } from "./fixtures/proxyOrigin.js"
 import { layerOrigin, OriginTag, rawRequest } from "./fixtures/proxyOrigin.js"
 import { ADMIN_TOKEN, exited, hasRedis, proxyProcess, redisServer, waitForOutput } from "./fixtures/proxyProcess.js"
@@ -72,6 +73,72 @@ describe("--instances", () => {
       expect(yield* runIfPrimary(new Map([["CACHEKIT_INSTANCES", "two"]]))).toEqual(Option.some(2))
       // one instance: not a primary, the proxy runs in this process
       expect(yield* runIfPrimary(new Map([["CACHEKIT_INSTANCES", "1"]]))).toEqual(Option.none())
+    }))
+})
+
+describe("the primary's supervision of a slot (stand-in workers, TestClock)", () => {
+  /** Workers that end as `script` says, one after the other; records when (test clock) each started. */
+  const scripted = (script: ReadonlyArray<Partial<Ended>>) => {
+    const starts: Array<number> = []
+    const start = () =>
+      Effect.gen(function*() {
+        starts.push(yield* Clock.currentTimeMillis)
+        const next = script[starts.length - 1]
+        // past the script: a worker that runs until the slot is interrupted
+        if (next === undefined) return yield* Effect.never
+        return {
+          id: starts.length,
+          pid: 1000 + starts.length,
+          code: 1,
+          signal: null,
+          listened: true,
+          livedMillis: 0,
+          ...next
+        }
+      })
+    return { starts, start }
+  }
+  const options = { instances: 2, shutdownGraceMillis: 0 }
+
+  it.effect("restarts with a doubling backoff while workers die young, resets it after a stable run, gives up after 5", () =>
+    Effect.gen(function*() {
+      const stable = { livedMillis: 60_000, signal: "SIGKILL" }
+      const young = { livedMillis: 1_000 }
+      const { start, starts } = scripted([stable, young, young, stable, young, young, young, young, young])
+      const fiber = yield* Effect.fork(supervise(1, options, start))
+      yield* TestClock.adjust("1 minute")
+      const exit = fiber.unsafePoll()
+      expect(exit).not.toBeNull()
+      // delays: 100 (1st crash in a row), 200, 400; stable again: 100, 200, 400, 800, 1600; the 6th in a row: stop
+      expect(starts).toEqual([0, 100, 300, 700, 800, 1000, 1400, 2200, 3800])
+      expect(Exit.isFailure(exit!)).toBe(true)
+      const error = yield* Effect.flip(exit!)
+      expect(error).toMatchObject({ _tag: "WorkerFailed", exitCode: 1 })
+      expect(error.message).toMatch(/died 6 times in a row within 10000 ms of starting, giving up/)
+    }))
+
+  it.effect("a first worker that exits before it listened stops the slot with its exit code, without a restart", () =>
+    Effect.gen(function*() {
+      const { start, starts } = scripted([{ listened: false, code: 2 }])
+      const fiber = yield* Effect.fork(supervise(1, options, start))
+      yield* TestClock.adjust("1 minute")
+      expect(starts).toEqual([0])
+      const exit = fiber.unsafePoll()
+      expect(exit).not.toBeNull()
+      const error = yield* Effect.flip(exit!)
+      expect(error).toMatchObject({ _tag: "WorkerFailed", exitCode: 2 })
+      expect(error.message).toMatch(/before it listened/)
+    }))
+
+  it.effect("a replacement that dies before it listened is one more crash, not the end", () =>
+    Effect.gen(function*() {
+      const { start, starts } = scripted([{ livedMillis: 60_000 }, { listened: false, livedMillis: 500 }])
+      const fiber = yield* Effect.fork(supervise(1, options, start))
+      yield* TestClock.adjust("10 seconds")
+      // the third worker runs on
+      expect(starts).toEqual([0, 100, 300])
+      expect(fiber.unsafePoll()).toBeNull()
+      yield* Fiber.interrupt(fiber)
     }))
 })
 

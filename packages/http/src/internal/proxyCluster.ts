@@ -141,7 +141,8 @@ export interface PrimaryOptions {
   readonly maxDelayMillis?: number | undefined
 }
 
-interface Ended {
+/** How one worker ended. */
+export interface Ended {
   readonly id: number
   readonly pid: number | undefined
   readonly code: number | null
@@ -188,8 +189,18 @@ const runWorker = (slot: number, stopGraceMillis: number): Effect.Effect<Ended> 
     return { id: worker.id, pid: worker.process.pid, code, signal, listened, livedMillis: Date.now() - startedAt }
   }))
 
-/** Keeps slot `slot` filled until interrupted; fails when its workers cannot start or keep crashing. */
-const supervise = (slot: number, options: PrimaryOptions): Effect.Effect<never, WorkerFailed> =>
+/** Runs one worker in `slot` from start to exit (interrupting it stops the worker). */
+export type StartWorker = (slot: number, stopGraceMillis: number) => Effect.Effect<Ended>
+
+/**
+ * Keeps slot `slot` filled until interrupted; fails when its workers cannot start or keep crashing.
+ * `startWorker` is `cluster.fork` in the command (a stand-in in tests).
+ */
+export const supervise = (
+  slot: number,
+  options: PrimaryOptions,
+  startWorker: StartWorker = runWorker
+): Effect.Effect<never, WorkerFailed> =>
   Effect.gen(function*() {
     const stableMillis = options.stableMillis ?? 10_000
     const maxCrashes = options.maxCrashes ?? 5
@@ -199,7 +210,7 @@ const supervise = (slot: number, options: PrimaryOptions): Effect.Effect<never, 
     let crashes = 0
     let first = true
     while (true) {
-      const ended = yield* runWorker(slot, stopGrace)
+      const ended = yield* startWorker(slot, stopGrace)
       const how = ended.signal === null ? `exit code ${ended.code}` : `signal ${ended.signal}`
       const who = `worker ${ended.id} (slot ${slot}, pid ${ended.pid})`
       if (first && !ended.listened) {
