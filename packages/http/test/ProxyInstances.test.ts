@@ -14,7 +14,16 @@ import type { Ended } from "../src/internal/proxyCluster.js"
 import { checkShareable, runIfPrimary, supervise } from "../src/internal/proxyCluster.js"
 import type { Fetched } from "./fixtures/proxyOrigin.js"
 import { layerOrigin, OriginTag, rawRequest } from "./fixtures/proxyOrigin.js"
-import { ADMIN_TOKEN, exited, hasRedis, proxyProcess, redisServer, waitForOutput } from "./fixtures/proxyProcess.js"
+import {
+  ADMIN_TOKEN,
+  bin,
+  exited,
+  hasRedis,
+  proxyProcess,
+  redisServer,
+  spawnUntil,
+  waitForOutput
+} from "./fixtures/proxyProcess.js"
 import { itemRoutes, versions } from "./fixtures/proxyRun.js"
 
 const WORKER_LINE = /instance: worker (\d+) in slot (\d+) of (\d+), pid (\d+)/g
@@ -140,6 +149,41 @@ describe("the primary's supervision of a slot (stand-in workers, TestClock)", ()
       expect(fiber.unsafePoll()).toBeNull()
       yield* Fiber.interrupt(fiber)
     }))
+})
+
+describe("cachekit proxy --instances 2 with a setting the workers refuse", () => {
+  it.scopedLive(
+    "exits with the workers' exit status (2) once the first one stops before listening",
+    () =>
+      Effect.gen(function*() {
+        // --admin without a token: each worker refuses to start (AdminNotSecured, exit status 2)
+        const { child, output } = yield* spawnUntil(
+          process.execPath,
+          [
+            "--import",
+            "tsx",
+            bin,
+            "proxy",
+            "--port",
+            "0",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--backend",
+            "memory+redis",
+            "--instances",
+            "2",
+            "--admin"
+          ],
+          { CACHEKIT_ADMIN_TOKEN: "" },
+          (out) => out.includes("starting 2 worker processes") || undefined
+        )
+        const exit = yield* exited(child).pipe(Effect.timeout("40 seconds"))
+        expect(exit).toEqual({ code: 2, signal: null })
+        expect(output()).toMatch(/the admin API \(--admin\) cannot start/)
+        expect(output()).toMatch(/cachekit: worker \d \(slot \d, pid \d+\) stopped \(exit code 2\) before it listened/)
+      }),
+    60_000
+  )
 })
 
 describe("Proxy responseHeaders (what the workers' Cachekit-Instance rides on)", () => {
