@@ -324,7 +324,7 @@ describe("TieredCache over an L2 that reads as a Promise (unsafeGetPromise)", ()
       expect(l2.calls.getPromise).toBe(3)
     }))
 
-  it.scoped("a reader interrupted while its L2 read is out does not strand the readers sharing its walk", () =>
+  it.scoped("a reader interrupted while its L2 read is out: the readers sharing its walk get the reply, it counts nothing", () =>
     Effect.gen(function*() {
       const { l1, l2, make } = promised({ breaker: { failureThreshold: 1, resetAfter: "1 minute" } })
       const tiered = yield* make
@@ -335,13 +335,36 @@ describe("TieredCache over an L2 that reads as a Promise (unsafeGetPromise)", ()
       const second = yield* Effect.fork(tiered.get("k"))
       yield* quiesce
       yield* Fiber.interrupt(first)
-      yield* settle(() => l2.calls.getPromise === 2) // the waiter walked again on its own
       l2.releaseHeld()
       expect(Option.map(yield* Fiber.join(second), str)).toEqual(Option.some("v"))
-      expect(l1.store.has("k")).toBe(true) // promoted by the second reader
+      expect(l2.calls.getPromise).toBe(1) // the read already out answered the waiter
+      expect(l1.store.has("k")).toBe(false) // promoting was the interrupted reader's part
       const [, s2] = yield* tiered.stats
-      // the abandoned read counted neither a hit nor an error; the breaker was not touched
-      expect(s2).toMatchObject({ hits: 1, errors: 0, breaker: "closed" })
+      expect(s2).toMatchObject({ hits: 0, errors: 0, breaker: "closed" })
+      // the walk is over: the next read reads L2 again, and counts
+      l2.mode = "ok"
+      expect(Option.map(yield* tiered.get("k"), str)).toEqual(Option.some("v"))
+      expect(l2.calls.getPromise).toBe(2)
+      expect((yield* tiered.stats)[1]).toMatchObject({ hits: 1 })
+    }))
+
+  it.scoped("an interrupted half-open probe frees the probe: the next read probes again", () =>
+    Effect.gen(function*() {
+      const { l2, make } = promised({ breaker: { failureThreshold: 1, resetAfter: "10 seconds" } })
+      const tiered = yield* make
+      l2.mode = "fail"
+      yield* tiered.get("a") // opens the circuit
+      yield* TestClock.adjust(10 * SECOND)
+      l2.mode = "hang"
+      const probe = yield* Effect.fork(tiered.get("b"))
+      yield* settle(() => l2.calls.getPromise === 2)
+      yield* Fiber.interrupt(probe)
+      l2.mode = "ok"
+      l2.releaseHeld()
+      l2.store.set("c", yield* makeEntry("v", MINUTE))
+      expect(Option.map(yield* tiered.get("c"), str)).toEqual(Option.some("v"))
+      expect(l2.calls.getPromise).toBe(3)
+      expect((yield* tiered.stats)[1]!.breaker).toBe("closed")
     }))
 })
 

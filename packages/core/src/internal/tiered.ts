@@ -429,13 +429,18 @@ export const make = (
     }
 
     /**
-     * A tier read through the backend's `unsafeGetPromise`: the L2 hit path in one asynchronous step,
-     * with the breaker, counters, latency and fail-open of `guarded` done in the reply callback. The
-     * tier has no Effect timeout (else it reads through `guarded`); its backend's commands time out.
+     * A tier read through the backend's `unsafeGetPromise`: the L2 hit path in one asynchronous step.
+     * The tier has no Effect timeout (else it reads through `guarded`); the backend's commands time
+     * out, so the Promise always settles. The breaker, counters, latency and fail-open of `guarded`
+     * run in the fiber once it resumes with the answer, so a reader interrupted meanwhile counts
+     * nothing. No canceler is registered for a plain call: `Effect.async` wraps a read that has one
+     * in `onInterrupt`, which about doubles the CPU cost of an L2 hit; only a half-open breaker's
+     * probe registers one (an abandoned probe must free the probe slot).
      *
      * `last`: the read is the shared walk's last step (the lowest tier), so it ends the walk itself
-     * (`endWalk` as soon as the answer is known, or on interruption) instead of an `Effect.onExit`
-     * around it; a promotion the answer triggers then runs after the waiters have their answer.
+     * (`endWalk` in the reply callback) instead of an `Effect.onExit` around it. The readers waiting
+     * on the walk get the reply even if the reader that started it was interrupted meanwhile; a
+     * promotion the answer triggers runs after they have it.
      */
     const readPromised = (
       key: string,
@@ -446,41 +451,50 @@ export const make = (
       last: boolean
     ): Effect.Effect<Option.Option<CacheEntry>> => {
       const tier = tiers[i]!
-      if (skips(tier, now)) {
+      const breaker = tier.breaker
+      const decision = breaker === undefined ? "call" : breaker.decide(now)
+      if (decision === "skip") {
+        tier.counters.skipped++
         if (last) endWalk(key, token!, missed)
         return walk(key, i + 1, now, token, clock)
       }
       return Effect.async<Option.Option<CacheEntry>>((resume) => {
         const started = performance.now()
-        let abandoned = false
         let reply: Promise<CacheEntry | undefined>
         try {
           reply = tier.backend.unsafeGetPromise!(key, clock)
         } catch (error) {
           reply = Promise.reject(error)
         }
+        let abandoned = false
         reply.then(
           (entry) => {
-            if (abandoned) return
-            succeeded(tier, started)
+            const elapsed = performance.now() - started
             const result = entry === undefined ? Option.none<CacheEntry>() : Option.some(entry)
-            const next = found(key, i, now, token, clock, result)
             if (last) endWalk(key, token!, result)
-            resume(next)
+            if (abandoned) return
+            resume(Effect.suspend(() => {
+              breaker?.onSuccess()
+              tier.latency.unsafeUpdate(elapsed, [])
+              return found(key, i, now, token, clock, result)
+            }))
           },
           (error) => {
-            if (abandoned) return
             if (last) endWalk(key, token!, missed)
+            if (abandoned) return
             resume(
-              Effect.flatMap(failed(tier, "get", rejectionCause(error)), () => walk(key, i + 1, now, token, clock))
+              Effect.suspend(() =>
+                Effect.flatMap(failed(tier, "get", rejectionCause(error)), () => walk(key, i + 1, now, token, clock))
+              )
             )
           }
         )
-        return Effect.sync(() => {
-          abandoned = true
-          tier.breaker?.onAbandon()
-          if (last) endWalk(key, token!, interrupted)
-        })
+        if (decision === "probe") {
+          return Effect.sync(() => {
+            abandoned = true
+            breaker!.onAbandon()
+          })
+        }
       })
     }
 
@@ -545,8 +559,6 @@ export const make = (
       }
     }
     const missed: Exit.Exit<Option.Option<CacheEntry>> = Exit.succeed(Option.none())
-    /** Waiters of an interrupted walk see an interruption and walk again. */
-    const interrupted: Exit.Exit<Option.Option<CacheEntry>> = Exit.interrupt(FiberId.none)
 
     /** A write or invalidation of `key`: in-flight walks must not promote what they found, new reads walk again. */
     const supersede = (key: string) => {
