@@ -324,7 +324,7 @@ describe("TieredCache over an L2 that reads as a Promise (unsafeGetPromise)", ()
       expect(l2.calls.getPromise).toBe(3)
     }))
 
-  it.scoped("a reader interrupted while its L2 read is out: the readers sharing its walk get the reply, it counts nothing", () =>
+  it.scoped("a reader interrupted while its L2 read is out: the readers sharing its walk get the reply, nothing is promoted", () =>
     Effect.gen(function*() {
       const { l1, l2, make } = promised({ breaker: { failureThreshold: 1, resetAfter: "1 minute" } })
       const tiered = yield* make
@@ -340,12 +340,28 @@ describe("TieredCache over an L2 that reads as a Promise (unsafeGetPromise)", ()
       expect(l2.calls.getPromise).toBe(1) // the read already out answered the waiter
       expect(l1.store.has("k")).toBe(false) // promoting was the interrupted reader's part
       const [, s2] = yield* tiered.stats
-      expect(s2).toMatchObject({ hits: 0, errors: 0, breaker: "closed" })
-      // the walk is over: the next read reads L2 again, and counts
+      // the one read L2 answered is counted once (the waiter's answer came from it)
+      expect(s2).toMatchObject({ hits: 1, errors: 0, breaker: "closed" })
+      // the walk is over: the next read reads L2 again
       l2.mode = "ok"
       expect(Option.map(yield* tiered.get("k"), str)).toEqual(Option.some("v"))
       expect(l2.calls.getPromise).toBe(2)
-      expect((yield* tiered.stats)[1]).toMatchObject({ hits: 1 })
+      expect((yield* tiered.stats)[1]).toMatchObject({ hits: 2 })
+    }))
+
+  it.scoped("a Promise read that raced a write does not promote the old value into L1", () =>
+    Effect.gen(function*() {
+      const { l1, l2, make } = promised()
+      const tiered = yield* make
+      l2.store.set("k", yield* makeEntry("old", MINUTE))
+      l2.mode = "hang"
+      const reader = yield* Effect.fork(tiered.get("k"))
+      yield* settle(() => l2.calls.getPromise === 1)
+      l2.mode = "ok"
+      yield* tiered.invalidate("k")
+      l2.releaseHeld()
+      yield* Fiber.join(reader)
+      expect(l1.store.has("k")).toBe(false)
     }))
 
   it.scoped("an interrupted half-open probe frees the probe: the next read probes again", () =>

@@ -431,11 +431,12 @@ export const make = (
     /**
      * A tier read through the backend's `unsafeGetPromise`: the L2 hit path in one asynchronous step.
      * The tier has no Effect timeout (else it reads through `guarded`); the backend's commands time
-     * out, so the Promise always settles. The breaker, counters, latency and fail-open of `guarded`
-     * run in the fiber once it resumes with the answer, so a reader interrupted meanwhile counts
-     * nothing. No canceler is registered for a plain call: `Effect.async` wraps a read that has one
-     * in `onInterrupt`, which about doubles the CPU cost of an L2 hit; only a half-open breaker's
-     * probe registers one (an abandoned probe must free the probe slot).
+     * out, so the Promise always settles. The breaker, counters and latency of `guarded` are done in
+     * the reply callback; a failure's logging and the promotion of a hit run in the fiber. No
+     * canceler is registered for a plain call (`Effect.async` wraps a read that has one in
+     * `onInterrupt`, which about doubles the CPU cost of an L2 hit), so the reply of a reader
+     * interrupted meanwhile is still counted, but its promotion and a failure's fail-open steps do
+     * not run; only a half-open breaker's probe registers one (an abandoned probe must free the slot).
      *
      * `last`: the read is the shared walk's last step (the lowest tier), so it ends the walk itself
      * (`endWalk` in the reply callback) instead of an `Effect.onExit` around it. The readers waiting
@@ -469,15 +470,17 @@ export const make = (
         let abandoned = false
         reply.then(
           (entry) => {
-            const elapsed = performance.now() - started
             const result = entry === undefined ? Option.none<CacheEntry>() : Option.some(entry)
+            if (abandoned) {
+              if (last) endWalk(key, token!, result)
+              return
+            }
+            succeeded(tier, started)
+            // counted and the promotion decided now, while the walk can still be superseded by a
+            // write; the promotion's writes run in the fiber (not at all if it was interrupted)
+            const next = found(key, i, now, token, clock, result)
             if (last) endWalk(key, token!, result)
-            if (abandoned) return
-            resume(Effect.suspend(() => {
-              breaker?.onSuccess()
-              tier.latency.unsafeUpdate(elapsed, [])
-              return found(key, i, now, token, clock, result)
-            }))
+            resume(next)
           },
           (error) => {
             if (last) endWalk(key, token!, missed)
