@@ -1,4 +1,4 @@
-import { CacheBackend, MemoryBackend } from "@cachekit/core"
+import { CacheBackend, MemoryBackend, TieredCache } from "@cachekit/core"
 import { HttpServerCache } from "@cachekit/http"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
@@ -104,6 +104,29 @@ describe("HttpServerCache over a real NodeHttpServer", () => {
         expect((yield* fetchRaw(`${base}/small`)).text).toBe("tiny")
       }
       expect(calls).toEqual({ known: 2, streamed: 2, small: 2 })
+    }))
+
+  it.scopedLive("over TieredCache, serves from L2 when the memory L1 lost the entry (a sync L1 miss is not final)", () =>
+    Effect.gen(function*() {
+      let calls = 0
+      const app = HttpRouter.empty.pipe(
+        HttpRouter.get("/t", Effect.sync(() => (calls++, text(`version ${calls}`)))),
+        HttpServerCache.middleware()
+      )
+      const l1 = yield* MemoryBackend.make({ maxBytes: 16 * 1024 * 1024, name: "l1" })
+      const l2 = yield* MemoryBackend.make({ maxBytes: 16 * 1024 * 1024, name: "l2" })
+      const tiered = yield* TieredCache.make([{ backend: l1, name: "l1" }, { backend: l2, name: "l2" }])
+      expect(tiered.backend.unsafeGetSync).toBeDefined()
+      const { base } = yield* serve(app, {}, Layer.succeed(CacheBackend.CacheBackendTag, tiered.backend))
+      expect((yield* fetchRaw(`${base}/t`)).text).toBe("version 1")
+      expect((yield* fetchRaw(`${base}/t`)).text).toBe("version 1")
+      const [l1AfterHit] = yield* tiered.stats
+      expect(l1AfterHit!.hits).toBeGreaterThan(0)
+      yield* l1.clear
+      expect((yield* fetchRaw(`${base}/t`)).text).toBe("version 1")
+      expect(calls).toBe(1)
+      const [, fromL2] = yield* tiered.stats
+      expect(fromL2!.hits).toBeGreaterThan(0)
     }))
 
   it.scopedLive("stores a streamed body without Content-Length and serves it from the cache", () =>
