@@ -134,10 +134,10 @@ describe("cachekit proxy tiers", () => {
     () =>
       Effect.gen(function*() {
         const origin = yield* OriginTag
-        const servers = yield* memcachedServer
+        const server = yield* memcachedServer
         const running = yield* startProxy(origin.url, {
           CACHEKIT_BACKEND: "memory+memcached",
-          CACHEKIT_MEMCACHED_SERVERS: servers
+          CACHEKIT_MEMCACHED_SERVERS: server.address
         })
         expect(running.cache.description).toContain("+ memcached")
         expect(running.cache.description).not.toContain("bus")

@@ -6,43 +6,11 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Logger, LogLevel } from "effect"
-import { type ChildProcess, spawn } from "node:child_process"
 import { existsSync } from "node:fs"
-import * as Net from "node:net"
 import { fetchVia, layerOrigin, OriginTag } from "../fixtures/proxyOrigin.js"
-import { freePort, itemRoutes, startProxy } from "../fixtures/proxyRun.js"
+import { itemRoutes, memcachedServer, startProxy } from "../fixtures/proxyRun.js"
 
 const hasMemcached = existsSync("/usr/bin/memcached") || process.env["CACHEKIT_REQUIRE_SERVERS"] === "1"
-
-const accepts = (port: number) =>
-  Effect.async<boolean>((resume) => {
-    const socket = Net.connect(port, "127.0.0.1")
-    socket.once("connect", () => {
-      socket.destroy()
-      resume(Effect.succeed(true))
-    })
-    socket.once("error", () => resume(Effect.succeed(false)))
-  })
-
-/** A memcached on a free port; resumed and killed when the scope closes. */
-const memcached = Effect.gen(function*() {
-  const port = yield* freePort
-  const child: ChildProcess = yield* Effect.acquireRelease(
-    Effect.sync(() => spawn("memcached", ["-l", "127.0.0.1", "-p", String(port), "-U", "0", "-m", "16", "-u", "root"])),
-    (c) =>
-      Effect.sync(() => {
-        if (c.exitCode === null) {
-          c.kill("SIGCONT")
-          c.kill("SIGKILL")
-        }
-      })
-  )
-  for (let i = 0; i < 100; i++) {
-    if (yield* accepts(port)) return { address: `127.0.0.1:${port}`, child }
-    yield* Effect.sleep("50 millis")
-  }
-  return yield* Effect.dieMessage("memcached did not start")
-})
 
 describe.skipIf(!hasMemcached)("cachekit proxy on a memcached pool losing a server", () => {
   it.scopedLive(
@@ -50,7 +18,7 @@ describe.skipIf(!hasMemcached)("cachekit proxy on a memcached pool losing a serv
     () =>
       Effect.gen(function*() {
         const origin = yield* OriginTag
-        const servers = yield* Effect.all([memcached, memcached, memcached])
+        const servers = yield* Effect.all([memcachedServer, memcachedServer, memcachedServer])
         const running = yield* startProxy(origin.url, {
           CACHEKIT_BACKEND: "memcached",
           CACHEKIT_MEMCACHED_SERVERS: servers.map((s) => s.address).join(","),
@@ -80,7 +48,7 @@ describe.skipIf(!hasMemcached)("cachekit proxy on a memcached pool losing a serv
         expect(during.map((p) => p.notOk)).toEqual([[], []])
         const missed = during.map((p) => ids.filter((id) => !p.hits.has(id)))
         const both = missed[0]!.filter((id) => missed[1]!.includes(id))
-        expect(both.length).toBeGreaterThan(0)
+        expect(both.length, JSON.stringify({ missed, warmHits: warm.hits.size })).toBeGreaterThan(0)
         expect(both.length).toBeLessThan(ids.length)
         // The same keys miss on the second pass: they were not re-homed on a live server (which would
         // have made them hits). A key or two may miss once more or less when a live server answers
