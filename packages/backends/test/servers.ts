@@ -56,10 +56,56 @@ export const killProcess = (child: ChildProcess): Promise<void> =>
     child.kill("SIGKILL")
   })
 
-const start = async (port: number, command: string, args: ReadonlyArray<string>): Promise<ServerProcess> => {
-  const child = spawn(command, args, { stdio: "ignore" })
-  await waitForPort(port, child)
-  return { port, kill: () => killProcess(child), signal: (sig) => void child.kill(sig) }
+/**
+ * The pid that the server answering on `port` reports (redis `INFO server`, memcached `stats`), or
+ * undefined when nothing answers that way (yet).
+ */
+const answeringPid = (port: number, command: "redis-server" | "memcached"): Promise<number | undefined> =>
+  new Promise((resolve) => {
+    const socket = net.connect({ host: "127.0.0.1", port })
+    let reply = ""
+    const done = (pid: number | undefined) => {
+      socket.destroy()
+      resolve(pid)
+    }
+    socket.setTimeout(2000, () => done(undefined))
+    socket.once("connect", () => socket.write(command === "memcached" ? "stats\r\n" : "INFO server\r\n"))
+    socket.on("data", (data) => {
+      reply += data.toString("latin1")
+      const match = (command === "memcached" ? /STAT pid (\d+)/ : /process_id:(\d+)/).exec(reply)
+      if (match !== null) done(Number(match[1]))
+      else if (reply.includes("END\r\n") || reply.startsWith("-")) done(undefined)
+    })
+    socket.once("error", () => done(undefined))
+  })
+
+/**
+ * Spawns `command` on `port` and resolves once the server answering there is this very child: between
+ * picking a free port and the server binding it, another test's server can take the port (the child
+ * then exits), and a bare "accepts connections" check would hand out the other server. A free port
+ * picked here (`pick`) is retried with another one; an explicit port is not.
+ */
+const start = async (
+  port: number | undefined,
+  command: "redis-server" | "memcached",
+  args: (port: number) => ReadonlyArray<string>
+): Promise<ServerProcess> => {
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const p = port ?? await freePort()
+    const child = spawn(command, args(p), { stdio: "ignore" })
+    const deadline = Date.now() + 5000
+    while (Date.now() < deadline && child.exitCode === null) {
+      const pid = await answeringPid(p, command)
+      if (pid !== undefined && pid === child.pid) {
+        return { port: p, kill: () => killProcess(child), signal: (sig) => void child.kill(sig) }
+      }
+      if (pid !== undefined && port === undefined) break // another server holds the port: try another
+      await new Promise((r) => setTimeout(r, 25))
+    }
+    await killProcess(child)
+    if (port !== undefined) throw new Error(`${command} did not start on port ${port} within 5 s`)
+  }
+  throw new Error(`${command} did not start on a port of its own in 5 attempts`)
 }
 
 /** Arguments of a loopback `redis-server` on `port` without persistence, followed by `extra`. */
@@ -80,13 +126,13 @@ export const redisServerArgs = (port: number, extra: ReadonlyArray<string> = [])
 ]
 
 /** redis-server on `port` (a fresh free one by default), no persistence; `extra` arguments appended. */
-export const startRedis = async (port?: number, extra: ReadonlyArray<string> = []): Promise<ServerProcess> => {
-  const p = port ?? await freePort()
-  return start(p, "redis-server", redisServerArgs(p, extra))
-}
+export const startRedis = (port?: number, extra: ReadonlyArray<string> = []): Promise<ServerProcess> =>
+  start(port, "redis-server", (p) => redisServerArgs(p, extra))
 
 /** memcached on `port`, 64 MiB of memory, items up to 32 MiB (tests store 10 MiB values). */
-export const startMemcached = async (port?: number): Promise<ServerProcess> => {
-  const p = port ?? await freePort()
-  return start(p, "memcached", ["-l", "127.0.0.1", "-p", String(p), "-U", "0", "-m", "128", "-I", "32m", "-u", "root"])
-}
+export const startMemcached = (port?: number): Promise<ServerProcess> =>
+  start(
+    port,
+    "memcached",
+    (p) => ["-l", "127.0.0.1", "-p", String(p), "-U", "0", "-m", "128", "-I", "32m", "-u", "root"]
+  )
