@@ -18,7 +18,10 @@
  * expired after `lockTtl`). A caller that has waited `waitTimeout` computes by itself.
  *
  * Redis trouble never fails a call: when Redis is down or the handoff does not decode, the caller
- * computes by itself (logged), so the worst case is the stampede this prevents, not an outage.
+ * computes by itself, so the worst case is the stampede this prevents, not an outage. A circuit
+ * breaker (core's, as for tiers) keeps a hung Redis from costing every call the command timeout:
+ * after `failureThreshold` failed or timed-out commands in a row, calls compute without asking
+ * Redis for `resetAfter`, then one call probes it; one log line per change of state, not per call.
  *
  * @since 0.1.0
  */
@@ -38,6 +41,19 @@ export interface RedisSingleFlight {
     <E, R>(key: string, compute: Effect.Effect<Uint8Array, E, R>): Effect.Effect<Uint8Array, E, R>
     <A, E, R>(key: string, compute: Effect.Effect<A, E, R>, codec: Codec.Codec<A>): Effect.Effect<A, E, R>
   }
+  /** Counters since `make`, and the breaker's state. */
+  readonly stats: Effect.Effect<Stats>
+}
+
+export interface Stats {
+  /** Calls that computed without asking Redis because the circuit was open. */
+  readonly bypassed: number
+  /** Redis commands of the gate (attempt, finish) that failed or timed out. */
+  readonly failures: number
+  /** `"none"` when the breaker is off. */
+  readonly breaker: "closed" | "open" | "half-open" | "none"
+  /** How many times the circuit opened. */
+  readonly breakerOpened: number
 }
 
 export class RedisSingleFlightTag
@@ -57,6 +73,19 @@ export interface Options extends ConnectionOptions {
   readonly pollInterval?: Duration.DurationInput | undefined
   /** How long the handoff result stays readable (for callers arriving just after). Default 5 seconds. */
   readonly resultTtl?: Duration.DurationInput | undefined
+  /**
+   * Circuit breaker over the gate's Redis commands, or `false` to ask Redis on every call (each
+   * failure then logs a warning). Default: open after 5 consecutive failures, probe after 10 seconds.
+   */
+  readonly breaker?:
+    | false
+    | {
+      /** Consecutive failed or timed-out commands that open the circuit. Default 5. */
+      readonly failureThreshold?: number | undefined
+      /** How long calls skip Redis before one probes it. Default 10 seconds. */
+      readonly resetAfter?: Duration.DurationInput | undefined
+    }
+    | undefined
 }
 
 /** Connects a command connection and a subscriber connection, both closed with the scope. */

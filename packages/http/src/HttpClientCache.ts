@@ -81,6 +81,14 @@ export interface Options {
    * that must not read the cache, nor for revalidations. Default: none (coalescing per process only).
    */
   readonly distributedSingleFlight?: DistributedSingleFlight | undefined
+  /**
+   * With `distributedSingleFlight`: how long a primary key whose last fetch was not storable
+   * (`no-store`, `private` in a shared cache, too large...) skips the gate, so concurrent misses of
+   * it in several processes go upstream side by side instead of each waiting for another's fetch.
+   * A stored response ends the window at once; each unstorable one renews it. At most 10 000 keys
+   * are remembered per client (the oldest mark is forgotten first). Default 10 seconds; 0 turns it off.
+   */
+  readonly uncacheableTtl?: Duration.DurationInput | undefined
 }
 
 /** What became of one upstream fetch, as another process learns it. */
@@ -91,7 +99,8 @@ export type FetchOutcome = "stored" | "uncacheable" | "abandoned"
  *
  * `run(key, fetch)` runs `fetch` here, unless another process is running a fetch for `key`: then
  * it waits for that one to end and returns the outcome it reported, without running `fetch`. It
- * never fails; when the coordination is out of reach (or a wait times out) it runs `fetch` here.
+ * never fails; when the coordination is out of reach (or a wait times out) it runs `fetch` here
+ * (`redisSingleFlight` stops asking an unreachable Redis for a while: see `RedisSingleFlight.Options.breaker`).
  * `fetch` completes when the response is stored in the shared backend, or known not to be.
  *
  * Only the outcome travels between processes; the response itself is read from the shared

@@ -12,6 +12,7 @@ import { NodeHttpClient, NodeHttpServerRequest } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber, Layer, Stream } from "effect"
 import * as net from "node:net"
+import { hasRedis, redisServer } from "./fixtures/proxyProcess.js"
 import type { Handler } from "./HttpClientCacheFixtures.js"
 import { OriginLive, OriginTag } from "./HttpClientCacheFixtures.js"
 
@@ -30,8 +31,16 @@ let run = 0
 /** A key prefix no other test (or earlier run) uses; its keys are cleared when the scope closes. */
 const uniquePrefix = () => `cachekit-test:sf:${process.pid}:${Date.now()}:${++run}:`
 
-/** One caching stack ("instance"): its own backend connection, its own gate when `gated`. */
-const instance = (prefix: string, gated: boolean, flightOptions: RedisSingleFlight.Options = {}) =>
+/**
+ * One caching stack ("instance"): its own backend connection, its own gate when `gated` (on the
+ * same Redis unless `flightOptions.url` says otherwise).
+ */
+const instanceWithFlight = (
+  prefix: string,
+  gated: boolean,
+  flightOptions: RedisSingleFlight.Options = {},
+  cacheOptions: HttpClientCache.Options = {}
+) =>
   Effect.gen(function*() {
     const backend = yield* RedisBackend.make({ url: REDIS_URL, prefix })
     yield* Effect.addFinalizer(() => Effect.ignore(backend.clear))
@@ -39,11 +48,16 @@ const instance = (prefix: string, gated: boolean, flightOptions: RedisSingleFlig
       ? yield* Effect.orDie(RedisSingleFlight.make({ url: REDIS_URL, prefix, ...flightOptions }))
       : undefined
     const upstream = yield* HttpClient.HttpClient
-    return yield* HttpClientCache.withCache({
+    const client = yield* HttpClientCache.withCache({
+      ...cacheOptions,
       shared: true,
       distributedSingleFlight: flight === undefined ? undefined : HttpClientCache.redisSingleFlight(flight)
     })(upstream).pipe(Effect.provideService(CacheBackend.CacheBackendTag, backend))
+    return { client, flight }
   })
+
+const instance = (prefix: string, gated: boolean, flightOptions: RedisSingleFlight.Options = {}) =>
+  Effect.map(instanceWithFlight(prefix, gated, flightOptions), ({ client }) => client)
 
 /** Two instances on one prefix, or skipped (undefined) when Redis is not there. */
 const twoInstances = (gated: boolean, flightOptions: RedisSingleFlight.Options = {}) =>
@@ -285,6 +299,138 @@ describe("HttpClientCache distributed single-flight (two stacks, one Redis)", ()
         const answer = yield* Fiber.join(second).pipe(Effect.timeout("10 seconds"))
         expect(answer.body).toBe("answer 2")
         expect(yield* calls("/abandoned")).toBe(2)
+      }).pipe(Effect.provide(layer)),
+    30_000
+  )
+
+  it.scopedLive("a no-store URL, once known, skips the gate: both instances' requests reach the origin side by side", () =>
+    Effect.gen(function*() {
+      const inFlight = { now: 0, max: 0 }
+      yield* route(
+        "/no-store-known",
+        slow(
+          200,
+          ({ n }) => HttpServerResponse.text(`answer ${n}`, { headers: { "cache-control": "no-store" } }),
+          inFlight
+        )
+      )
+      const pair = yield* twoInstances(true)
+      if (pair === undefined) return
+      const [a, b] = pair
+      // each instance learns the outcome once (the first of the two waits for the other, as above)
+      yield* Effect.all([get(a, "/no-store-known"), get(b, "/no-store-known")], { concurrency: "unbounded" })
+      expect(inFlight.max).toBe(1)
+      for (let round = 0; round < 3; round++) {
+        inFlight.max = 0
+        const before = yield* calls("/no-store-known")
+        const [fromA, fromB] = yield* Effect.all([get(a, "/no-store-known"), get(b, "/no-store-known")], {
+          concurrency: "unbounded"
+        })
+        // overlapping at the origin: neither waited for the other's fetch
+        expect(inFlight.max).toBe(2)
+        expect([fromA.body, fromB.body].sort()).toEqual([`answer ${before + 1}`, `answer ${before + 2}`])
+        expect(fromA.cacheStatus).not.toContain("stored")
+      }
+    }).pipe(Effect.provide(layer)))
+
+  it.scopedLive("a stored response ends the not-storable window: the gate coalesces the key again", () =>
+    Effect.gen(function*() {
+      let storable = false
+      yield* route(
+        "/turns-cacheable",
+        slow(150, ({ n }) =>
+          HttpServerResponse.text(`v${n}`, {
+            headers: { "cache-control": storable ? "public, max-age=60" : "no-store" }
+          }))
+      )
+      const pair = yield* twoInstances(true)
+      if (pair === undefined) return
+      const [a, b] = pair
+      yield* get(a, "/turns-cacheable")
+      yield* get(b, "/turns-cacheable")
+      storable = true
+      // inside the window each instance goes upstream without the gate; what they get is stored
+      yield* Effect.all([get(a, "/turns-cacheable"), get(b, "/turns-cacheable")], { concurrency: "unbounded" })
+      expect(yield* calls("/turns-cacheable")).toBe(4)
+      // a POST through one instance invalidates the stored response (RFC 9111 §4.4): the next misses
+      // are coalesced across both instances again, because the stored outcomes cleared both marks
+      const origin = yield* OriginTag
+      yield* Effect.orDie(
+        Effect.flatMap(a.execute(HttpClientRequest.post(origin.url("/turns-cacheable"))), (r) => r.text)
+      )
+      expect(yield* calls("/turns-cacheable")).toBe(5)
+      const results = yield* Effect.all(
+        Array.from({ length: 10 }, (_, i) => get(i % 2 === 0 ? a : b, "/turns-cacheable")),
+        { concurrency: "unbounded" }
+      )
+      expect(yield* calls("/turns-cacheable")).toBe(6)
+      expect(results.every((r) => r.body === "v6")).toBe(true)
+    }).pipe(Effect.provide(layer)))
+})
+
+describe("HttpClientCache distributed single-flight over a hung Redis (circuit breaker)", () => {
+  it.scopedLive(
+    "once the breaker opens misses skip the hung gate; after Redis resumes and the cool-down, a stampede is fetched once",
+    () =>
+      Effect.gen(function*() {
+        if (!hasRedis || !(yield* redisUp)) {
+          if (process.env["CACHEKIT_REQUIRE_SERVERS"] === "1") expect.fail("redis-server is not available")
+          return
+        }
+        // the gate on a redis-server of this test (SIGSTOPped below); the shared backend stays on 6379
+        const gateRedis = yield* Effect.orDie(redisServer())
+        yield* Effect.addFinalizer(() => Effect.sync(() => gateRedis.child.kill("SIGCONT")))
+        const commandTimeoutMillis = 1000
+        const flightOptions: RedisSingleFlight.Options = {
+          url: gateRedis.url,
+          commandTimeout: commandTimeoutMillis,
+          breaker: { failureThreshold: 2, resetAfter: "1500 millis" }
+        }
+        const prefix = uniquePrefix()
+        const one = yield* Effect.orDie(instanceWithFlight(prefix, true, flightOptions))
+        const two = yield* Effect.orDie(instanceWithFlight(prefix, true, flightOptions))
+        const [a, b] = [one.client, two.client]
+        const cacheable = (body: string) =>
+          Effect.succeed(HttpServerResponse.text(body, { headers: { "cache-control": "public, max-age=60" } }))
+        for (let i = 0; i < 30; i++) yield* route(`/hung/${i}`, () => cacheable(`item ${i}`))
+
+        gateRedis.child.kill("SIGSTOP")
+        // two misses per instance wait the command timeout each: the breakers open
+        const opening = yield* Effect.all([0, 1, 2, 3].map((i) => get(i % 2 === 0 ? a : b, `/hung/${i}`)), {
+          concurrency: "unbounded"
+        })
+        expect(opening.map((r) => r.body)).toEqual(["item 0", "item 1", "item 2", "item 3"])
+        expect((yield* one.flight!.stats).breaker).toBe("open")
+        expect((yield* two.flight!.stats).breaker).toBe("open")
+
+        // now misses do not ask the hung Redis: served well inside one command timeout, from the origin
+        const started = Date.now()
+        const served = yield* Effect.all(
+          Array.from({ length: 20 }, (_, i) => get(i % 2 === 0 ? a : b, `/hung/${i + 10}`)),
+          { concurrency: "unbounded" }
+        )
+        const elapsed = Date.now() - started
+        expect(elapsed).toBeLessThan(commandTimeoutMillis / 2)
+        expect(served.map((r) => r.body)).toEqual(Array.from({ length: 20 }, (_, i) => `item ${i + 10}`))
+        for (let i = 10; i < 30; i++) expect(yield* calls(`/hung/${i}`)).toBe(1)
+        const bypassed = (yield* one.flight!.stats).bypassed + (yield* two.flight!.stats).bypassed
+        expect(bypassed).toBe(20)
+
+        // Redis resumes; after the cool-down the first miss of each instance probes it and the gate is back
+        gateRedis.child.kill("SIGCONT")
+        yield* Effect.sleep("1600 millis")
+        yield* route(
+          "/after",
+          slow(150, () => HttpServerResponse.text("back", { headers: { "cache-control": "public, max-age=60" } }))
+        )
+        const stampede = yield* Effect.all(
+          Array.from({ length: 20 }, (_, i) => get(i % 2 === 0 ? a : b, "/after")),
+          { concurrency: "unbounded" }
+        )
+        expect(stampede.every((r) => r.body === "back")).toBe(true)
+        expect(yield* calls("/after")).toBe(1)
+        expect((yield* one.flight!.stats).breaker).toBe("closed")
+        expect((yield* two.flight!.stats).breaker).toBe("closed")
       }).pipe(Effect.provide(layer)),
     30_000
   )

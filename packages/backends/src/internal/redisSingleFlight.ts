@@ -1,5 +1,6 @@
 import type { Codec } from "@cachekit/core"
 import { Codec as Codecs } from "@cachekit/core"
+import { CircuitBreaker } from "@cachekit/core/internal/circuitBreaker"
 import type { Scope } from "effect"
 import { Clock, Deferred, Duration, Effect, Exit, Schedule } from "effect"
 import type { Result } from "ioredis"
@@ -81,6 +82,13 @@ export const makeRedisSingleFlight = (
     const pollMillis = Math.max(1, Duration.toMillis(options.pollInterval ?? "100 millis"))
     const resultTtlMillis = Math.max(1, Duration.toMillis(options.resultTtl ?? "5 seconds"))
     const channel = `${prefix}sf:done`
+    const breakerOptions = options.breaker === false ? undefined : options.breaker ?? {}
+    const resetAfterMillis = Duration.toMillis(breakerOptions?.resetAfter ?? "10 seconds")
+    const breaker = breakerOptions === undefined ? undefined : new CircuitBreaker({
+      failureThreshold: Math.max(1, breakerOptions.failureThreshold ?? 5),
+      resetAfterMillis
+    })
+    const counters = { bypassed: 0, failures: 0 }
     const connectError = (cause: unknown) =>
       new LockUnavailable({
         operation: "connect",
@@ -144,6 +152,51 @@ export const makeRedisSingleFlight = (
           })
       })
 
+    /** A call of the gate that may be the half-open breaker's probe: its fate is told to the breaker once. */
+    interface Probe {
+      pending: boolean
+    }
+
+    /** Redis answered a gate command: the breaker closes (logged when it was not closed). */
+    const answered = (probe: Probe) =>
+      Effect.suspend(() => {
+        probe.pending = false
+        if (breaker === undefined || (breaker.state === "closed" && breaker.consecutiveFailures === 0)) {
+          return Effect.void
+        }
+        const was = breaker.state
+        breaker.onSuccess()
+        return was === "closed"
+          ? Effect.void
+          : Effect.logInfo(`redis single-flight: ${where} answers again; misses are coalesced across instances again`)
+      })
+
+    /**
+     * A gate command failed or timed out: counted, fed to the breaker. With a breaker, only its
+     * opening is a warning (a failed probe is a debug line); without one, every failure is.
+     */
+    const unreachable = (probe: Probe, error: LockUnavailable) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        probe.pending = false
+        counters.failures++
+        if (breaker === undefined) return Effect.logWarning(error.message)
+        const was = breaker.state
+        breaker.onFailure(now)
+        if (breaker.state !== "open" || was === "open") return Effect.logDebug(error.message)
+        return was === "closed"
+          ? Effect.logWarning(
+            `redis single-flight: ${breaker.options.failureThreshold} failed commands in a row (last: ${error.message}); ` +
+              `misses compute without coordination for ${resetAfterMillis} ms, then one probes ${where}`
+          )
+          : Effect.logDebug(`redis single-flight: probe failed (${error.message}); circuit open again`)
+      })
+
+    /** `call` with the breaker's bookkeeping. */
+    const guardedCall = <A>(probe: Probe, operation: string, key: string, f: () => Promise<A>) =>
+      call(operation, key, f).pipe(
+        Effect.tapBoth({ onFailure: (error) => unreachable(probe, error), onSuccess: () => answered(probe) })
+      )
+
     const publishDone = (key: string) => Effect.ignore(call("publish", key, () => client.publish(channel, key)))
 
     /** Registers a waker for `key` around `use`. */
@@ -165,7 +218,13 @@ export const makeRedisSingleFlight = (
       )
 
     /** Computes holding the lease: keeps it alive, hands the result over, releases, tells the others. */
-    const runAsHolder = <A, E, R>(key: string, lease: Lease, compute: Effect.Effect<A, E, R>, codec: Codec.Codec<A>) =>
+    const runAsHolder = <A, E, R>(
+      key: string,
+      lease: Lease,
+      compute: Effect.Effect<A, E, R>,
+      codec: Codec.Codec<A>,
+      probe: Probe
+    ) =>
       Effect.gen(function*() {
         held.add(lease)
         const exit = yield* Effect.exit(Effect.ensuring(compute, Effect.sync(() => held.delete(lease))))
@@ -177,7 +236,8 @@ export const makeRedisSingleFlight = (
               Buffer.from(`${lease.token} `),
               Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
             ])
-            const stored = yield* Effect.either(call(
+            const stored = yield* Effect.either(guardedCall(
+              probe,
               "finish",
               key,
               () =>
@@ -191,8 +251,7 @@ export const makeRedisSingleFlight = (
                   key
                 )
             ))
-            if (stored._tag === "Left") yield* Effect.logWarning(stored.left.message)
-            else return exit.value
+            if (stored._tag === "Right") return exit.value
           }
         }
         // failure, interruption or a result that could not be handed over: free the lock so a
@@ -205,16 +264,40 @@ export const makeRedisSingleFlight = (
       )
 
     const wrapWith = <A, E, R>(key: string, compute: Effect.Effect<A, E, R>, codec: Codec.Codec<A>) =>
+      Effect.flatMap(Clock.currentTimeMillis, (start) => {
+        const decision = breaker === undefined ? "call" : breaker.decide(start)
+        if (decision === "skip") {
+          counters.bypassed++
+          return compute
+        }
+        if (decision === "call") return gated(key, compute, codec, start, { pending: false })
+        // the half-open breaker's one probe: when it is interrupted before Redis answered, the next call probes
+        const probe: Probe = { pending: true }
+        return gated(key, compute, codec, start, probe).pipe(
+          Effect.onInterrupt(() => Effect.sync(() => probe.pending && breaker!.onAbandon()))
+        )
+      })
+
+    const gated = <A, E, R>(
+      key: string,
+      compute: Effect.Effect<A, E, R>,
+      codec: Codec.Codec<A>,
+      start: number,
+      probe: Probe
+    ) =>
       Effect.gen(function*() {
-        const start = yield* Clock.currentTimeMillis
         const seenHolders = new Set<string>()
-        const alone = (why: string) =>
-          Effect.zipRight(Effect.logWarning(`redis single-flight: computing "${key}" alone: ${why}`), compute)
+        // a Redis failure was logged by `unreachable` (with a breaker, once per change of state)
+        const alone = (why: string, redisFailed: boolean) =>
+          redisFailed
+            ? compute
+            : Effect.zipRight(Effect.logWarning(`redis single-flight: computing "${key}" alone: ${why}`), compute)
         while (true) {
           const step = yield* withWaker(key, (woken) =>
             Effect.gen(function*() {
               const token = randomUUID()
-              const reply = yield* Effect.either(call(
+              const reply = yield* Effect.either(guardedCall(
+                probe,
                 "attempt",
                 key,
                 () =>
@@ -226,14 +309,14 @@ export const makeRedisSingleFlight = (
                     [...seenHolders].join(" ")
                   )
               ))
-              if (reply._tag === "Left") return { _tag: "Alone", why: reply.left.message } as const
+              if (reply._tag === "Left") return { _tag: "Alone", why: reply.left.message, redisFailed: true } as const
               const [kind, data] = reply.right
               if (kind === 1) {
                 const bytes = data.subarray(data.indexOf(32) + 1)
                 const decoded = yield* Effect.either(codec.decode(key, new Uint8Array(bytes)))
                 return decoded._tag === "Right"
                   ? { _tag: "Done", value: decoded.right } as const
-                  : { _tag: "Alone", why: decoded.left.message } as const
+                  : { _tag: "Alone", why: decoded.left.message, redisFailed: false } as const
               }
               if (kind === 3) {
                 const lease: Lease = { resource: key, key: lockKey(key), token, ttlMillis: lockTtlMillis }
@@ -242,7 +325,7 @@ export const makeRedisSingleFlight = (
               seenHolders.add(data.toString())
               const waited = (yield* Clock.currentTimeMillis) - start
               if (waited >= waitTimeoutMillis) {
-                return { _tag: "Alone", why: `waited ${waited} ms for another instance` } as const
+                return { _tag: "Alone", why: `waited ${waited} ms for another instance`, redisFailed: false } as const
               }
               // woken by the holder's message, or re-check after pollInterval (messages can be missed)
               yield* Effect.timeoutOption(Deferred.await(woken), Math.min(pollMillis, waitTimeoutMillis - waited))
@@ -252,9 +335,9 @@ export const makeRedisSingleFlight = (
             case "Done":
               return step.value
             case "Holder":
-              return yield* runAsHolder(key, step.lease, compute, codec)
+              return yield* runAsHolder(key, step.lease, compute, codec, probe)
             case "Alone":
-              return yield* alone(step.why)
+              return yield* alone(step.why, step.redisFailed)
             case "Again":
               continue
           }
@@ -267,5 +350,12 @@ export const makeRedisSingleFlight = (
       codec?: Codec.Codec<A>
     ) => wrapWith(key, compute, codec ?? (Codecs.bytes as unknown as Codec.Codec<A>))
 
-    return { wrap } satisfies SF.RedisSingleFlight
+    const stats = Effect.sync((): SF.Stats => ({
+      bypassed: counters.bypassed,
+      failures: counters.failures,
+      breaker: breaker?.state ?? "none",
+      breakerOpened: breaker?.opened ?? 0
+    }))
+
+    return { wrap, stats } satisfies SF.RedisSingleFlight
   })

@@ -16,7 +16,9 @@
  * going upstream. When another process holds the key, the leader waits for its outcome and, if it
  * stored the response, reads the shared backend again through the normal lookup (so Vary and the
  * `Authorization` rules apply as to any hit); otherwise, or when that read misses, it fetches
- * itself. Only the outcome crosses processes, never a response.
+ * itself. Only the outcome crosses processes, never a response. A key whose fetch was not storable
+ * skips the gate for `uncacheableTtl` (a small bounded map), so concurrent misses of a `no-store`
+ * URL in several processes go upstream side by side instead of queueing behind each other's fetch.
  *
  * @internal
  */
@@ -30,7 +32,7 @@ import type { Scope } from "effect"
 import * as Policy from "../HttpCachePolicy.js"
 import type { DistributedSingleFlight, Options } from "../HttpClientCache.js"
 import { type EntryTemplate, makeWriter, tee, type Written } from "./bodyStore.js"
-import { type Body, StreamResponse } from "./clientResponse.js"
+import { type Body, storedBody, StreamResponse } from "./clientResponse.js"
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -50,6 +52,7 @@ export interface Resolved {
   readonly coalesceTimeout: Duration.Duration
   readonly staleRetentionMillis: number
   readonly distributedSingleFlight: DistributedSingleFlight | undefined
+  readonly uncacheableTtlMillis: number
 }
 
 const defaultKey = (request: Policy.RequestSnapshot): string => `${request.method} ${request.url}`
@@ -74,7 +77,8 @@ export const resolveOptions = (options: Options): Resolved => {
     },
     coalesceTimeout: Duration.decode(options.coalesceTimeout ?? "30 seconds"),
     staleRetentionMillis: Duration.toMillis(options.staleRetention ?? "1 hour"),
-    distributedSingleFlight: options.distributedSingleFlight
+    distributedSingleFlight: options.distributedSingleFlight,
+    uncacheableTtlMillis: Duration.toMillis(options.uncacheableTtl ?? "10 seconds")
   }
 }
 
@@ -129,6 +133,9 @@ type Outcome = "stored" | "abandoned" | "uncacheable"
 const outcomeOf = (written: Written): Outcome =>
   written === "stored" ? "stored" : written === "too-large" ? "uncacheable" : "abandoned"
 
+/** Most keys remembered as not storable (the least recently marked is forgotten first). */
+const UNCACHEABLE_KEYS_MAX = 10_000
+
 interface Inflight {
   readonly done: Deferred.Deferred<Outcome>
 }
@@ -158,6 +165,9 @@ export const make = (
     const scope = yield* Effect.scope
     const inflight = new Map<string, Inflight>()
     const refreshing = new Set<string>()
+    // Primary keys whose last gated fetch was not storable -> until when they skip the gate.
+    // Insertion order is the order of marking: the first key is the one to forget when full.
+    const uncacheableUntil = new Map<string, number>()
     const policyOptions = options.policy
 
     // -- backend access (backend failures are misses: the cache never breaks the client) --------
@@ -178,7 +188,7 @@ export const make = (
         Option.Option<{ readonly entry: CacheEntry.CacheEntry; readonly body: Body }>,
         CacheError.CacheError
       > = backend.streaming !== undefined
-        ? Effect.map(backend.streaming.getStream(key), Option.map((s) => ({ entry: s.entry, body: s.body })))
+        ? Effect.map(backend.streaming.getStream(key), Option.map((s) => ({ entry: s.entry, body: storedBody(s) })))
         : Effect.map(backend.get(key), Option.map((entry) => ({ entry, body: entry.value })))
       return read.pipe(
         Effect.catchAll((error) =>
@@ -493,6 +503,31 @@ export const make = (
         )
       })
 
+    /** Whether `primary` is inside its not-storable window (then it skips the gate); forgets expired marks. */
+    const knownUncacheable = (primary: string, now: number): boolean => {
+      const until = uncacheableUntil.get(primary)
+      if (until === undefined) return false
+      if (now < until) return true
+      uncacheableUntil.delete(primary)
+      return false
+    }
+
+    /** `settle` that also records the outcome for the gate: not storable marks the key, stored clears it. */
+    const noting = (primary: string, settle: (outcome: Outcome) => Effect.Effect<void>) => (outcome: Outcome) =>
+      outcome === "abandoned" || options.uncacheableTtlMillis <= 0
+        ? settle(outcome)
+        : Effect.zipRight(
+          Effect.map(Clock.currentTimeMillis, (now) => {
+            uncacheableUntil.delete(primary)
+            if (outcome === "stored") return
+            uncacheableUntil.set(primary, now + options.uncacheableTtlMillis)
+            if (uncacheableUntil.size > UNCACHEABLE_KEYS_MAX) {
+              uncacheableUntil.delete(uncacheableUntil.keys().next().value!)
+            }
+          }),
+          settle(outcome)
+        )
+
     /**
      * The leader of a miss behind the cross-process gate. The fetch runs in a fiber of the layer's
      * scope (the gate holds its lock until the body is stored, which needs this caller to read the
@@ -764,7 +799,12 @@ export const make = (
             primary,
             gate === undefined
               ? (settle) => fetchAndStore(request, snapshot, primary, mode, fwd, settle)
-              : (settle) => acrossProcesses(gate, request, snapshot, primary, mode, fwd, settle),
+              : (settle) =>
+                Effect.flatMap(Clock.currentTimeMillis, (now) =>
+                  // a key known not to be storable: other processes' fetches would not help, go upstream now
+                  uncacheableUntil.size > 0 && knownUncacheable(primary, now)
+                    ? fetchAndStore(request, snapshot, primary, mode, fwd, noting(primary, settle))
+                    : acrossProcesses(gate, request, snapshot, primary, mode, fwd, noting(primary, settle))),
             direct(fwd)
           )
         if (!rules.read) return yield* miss("request")
