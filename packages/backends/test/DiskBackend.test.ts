@@ -312,6 +312,33 @@ describe("DiskBackend", () => {
         expect(Buffer.from(Option.getOrThrow(yield* backend.get("a")).value).equals(Buffer.from(value))).toBe(true)
       }))
 
+    it.scoped("a getStream answer lends the same body through one reused buffer; a body gone meanwhile fails", () =>
+      Effect.gen(function*() {
+        const dir = yield* tempDir
+        const { backend } = yield* open({ directory: dir })
+        const value = body(700_000, 19)
+        yield* backend.set("a", yield* entry(value))
+        const found = Option.getOrThrow(yield* backend.streaming!.getStream("a"))
+        expect(found.entry.size).toBe(value.byteLength)
+        const copies: Array<Uint8Array> = []
+        const buffers = new Set<ArrayBufferLike>()
+        yield* found.readInto!((chunk) =>
+          Effect.sync(() => {
+            buffers.add(chunk.buffer)
+            copies.push(chunk.slice())
+          })
+        )
+        expect(Buffer.concat(copies).equals(Buffer.from(value))).toBe(true)
+        expect(buffers.size).toBe(1)
+        // answered, then truncated before its body is read: a failure, not a short body
+        const again = Option.getOrThrow(yield* backend.streaming!.getStream("a"))
+        yield* Effect.promise(() => fs.truncate(contentFile(dir, value), 200_000))
+        let calls = 0
+        const result = yield* Effect.either(again.readInto!(() => Effect.sync(() => void calls++)))
+        expect(Either.isLeft(result) && result.left._tag).toBe("DecodeError")
+        expect(calls).toBe(0)
+      }))
+
     it.scoped("on a backend without a disk store it reads through get", () =>
       Effect.gen(function*() {
         const memory = yield* MemoryBackend.make()

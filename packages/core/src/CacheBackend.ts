@@ -58,6 +58,16 @@ export interface ScanCapability {
 export interface StreamedEntry {
   readonly entry: CacheEntry
   readonly body: Stream.Stream<Uint8Array, CacheError>
+  /**
+   * Optional, the same body read another way: each chunk is LENT to `f` (a view of one buffer the
+   * backend reuses for the next chunk once `f`'s effect completed; copy it to keep it), so a long
+   * body leaves no garbage buffer per chunk. Same checks as `body`: a body altered in place fails
+   * with `DecodeError` after `f` has seen bytes (and is removed). Consume `body` or `readInto`,
+   * once. The disk backend offers it; the proxy writes lent chunks straight to the socket.
+   */
+  readonly readInto?:
+    | (<E, R>(f: (chunk: Uint8Array) => Effect.Effect<void, E, R>) => Effect.Effect<void, CacheError | E, R>)
+    | undefined
 }
 
 /** Streaming bodies: read and write large values without holding them in memory. */

@@ -358,6 +358,14 @@ export const makeDiskBackend = (
         )
       )
 
+    /** A body answered by `getStream` was gone or truncated by the time it was read. */
+    const vanished = (record: IndexRecord) =>
+      new CacheError.DecodeError({
+        key: record.key,
+        cause: "body gone",
+        message: `body of "${record.key}" was removed or truncated before it was read`
+      })
+
     /** Reads a body in chunks, hashing as it goes; a digest mismatch at the end fails the stream. */
     const bodyStream = (record: IndexRecord): Stream.Stream<Uint8Array, CacheError.CacheError> =>
       Stream.suspend(() => {
@@ -390,9 +398,18 @@ export const makeDiskBackend = (
      * overwritten while `f` works on it, and no garbage buffer is left per chunk.
      */
     const readInto: ReadInto = <E, R>(key: string, f: (chunk: Uint8Array) => Effect.Effect<void, E, R>) =>
+      Effect.flatMap(
+        lookup(key),
+        (record) => record === undefined ? Effect.succeedNone : readRecordInto(key, record, f)
+      )
+
+    /** `readInto` of a record already looked up (also the `readInto` of a `getStream` answer). */
+    const readRecordInto = <E, R>(
+      key: string,
+      record: IndexRecord,
+      f: (chunk: Uint8Array) => Effect.Effect<void, E, R>
+    ): Effect.Effect<Option.Option<CacheEntry.CacheEntry>, CacheError.CacheError | E, R> =>
       Effect.gen(function*() {
-        const record = yield* lookup(key)
-        if (record === undefined) return Option.none()
         if (record.size <= options.chunkSize) {
           // one chunk: verified before `f` sees a byte, like getStream
           const whole = yield* readVerified(key, record)
@@ -462,7 +479,16 @@ export const makeDiskBackend = (
             return Option.none()
           }
           hits++
-          return Option.some({ entry: toEntry(record, EMPTY), body: bodyStream(record) })
+          return Option.some({
+            entry: toEntry(record, EMPTY),
+            body: bodyStream(record),
+            // the size was checked above: a read that finds the file gone or truncated now fails
+            readInto: <E, R>(f: (chunk: Uint8Array) => Effect.Effect<void, E, R>) =>
+              Effect.flatMap(
+                readRecordInto(key, record, f),
+                (read) => Option.isSome(read) ? Effect.void : Effect.fail(vanished(record))
+              )
+          })
         }),
       setStream: <E>(
         key: string,

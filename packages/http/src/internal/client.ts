@@ -32,7 +32,7 @@ import type { Scope } from "effect"
 import * as Policy from "../HttpCachePolicy.js"
 import type { DistributedSingleFlight, Options } from "../HttpClientCache.js"
 import { type EntryTemplate, makeWriter, tee, type Written } from "./bodyStore.js"
-import { type Body, StreamResponse } from "./clientResponse.js"
+import { type Body, storedBody, StreamResponse } from "./clientResponse.js"
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -188,7 +188,7 @@ export const make = (
         Option.Option<{ readonly entry: CacheEntry.CacheEntry; readonly body: Body }>,
         CacheError.CacheError
       > = backend.streaming !== undefined
-        ? Effect.map(backend.streaming.getStream(key), Option.map((s) => ({ entry: s.entry, body: s.body })))
+        ? Effect.map(backend.streaming.getStream(key), Option.map((s) => ({ entry: s.entry, body: storedBody(s) })))
         : Effect.map(backend.get(key), Option.map((entry) => ({ entry, body: entry.value })))
       return read.pipe(
         Effect.catchAll((error) =>

@@ -7,6 +7,7 @@
  *
  * @internal
  */
+import type { CacheBackend } from "@cachekit/core"
 import { Cookies, HttpClientError, HttpClientResponse, HttpIncomingMessage, UrlParams } from "@effect/platform"
 import type { Headers, HttpClientRequest } from "@effect/platform"
 import { Chunk, Effect, Inspectable, Option, Stream } from "effect"
@@ -17,12 +18,29 @@ const decoder = new TextDecoder()
 /** A body: whole bytes (an in-memory hit, no stream machinery needed) or a stream. */
 export type Body = Uint8Array | Stream.Stream<Uint8Array, unknown>
 
+/** A stored body's lending read (`CacheBackend.StreamedEntry.readInto`). */
+export type Lend = NonNullable<CacheBackend.StreamedEntry["readInto"]>
+
+/** Lending reads of stored body streams, by stream (see `storedBody`). */
+const lenders = new WeakMap<object, Lend>()
+
+/** The body of a stored entry read as a stream; remembers its lending read when the backend has one. */
+export const storedBody = (stored: CacheBackend.StreamedEntry): Stream.Stream<Uint8Array, unknown> => {
+  if (stored.readInto !== undefined) lenders.set(stored.body, stored.readInto)
+  return stored.body
+}
+
 export class StreamResponse extends Inspectable.Class implements HttpClientResponse.HttpClientResponse {
   readonly [HttpIncomingMessage.TypeId]: HttpIncomingMessage.TypeId = HttpIncomingMessage.TypeId
   readonly [HttpClientResponse.TypeId]: HttpClientResponse.TypeId = HttpClientResponse.TypeId
   readonly stream: Stream.Stream<Uint8Array, HttpClientError.ResponseError>
   /** The whole body when it is already in memory (a hit from an in-process backend). */
   readonly whole: Uint8Array | undefined
+  /**
+   * A stored body's lending read, when its backend offers one (the disk): the same bytes as
+   * `stream`, each chunk lent until the consumer's effect completes. Consume one of the two, once.
+   */
+  readonly lend: Lend | undefined
 
   constructor(
     readonly request: HttpClientRequest.HttpClientRequest,
@@ -33,11 +51,13 @@ export class StreamResponse extends Inspectable.Class implements HttpClientRespo
     super()
     if (body instanceof Uint8Array) {
       this.whole = body
+      this.lend = undefined
       this.stream = body.byteLength === 0 ? Stream.empty : Stream.succeed(body)
       this.bytesBody = Effect.succeed(body)
       return
     }
     this.whole = undefined
+    this.lend = lenders.get(body)
     this.stream = Stream.mapError(
       body,
       (cause) =>
@@ -130,3 +150,7 @@ export class StreamResponse extends Inspectable.Class implements HttpClientRespo
 /** The in-memory body of a response built by the cache, if it has one (see `HttpClientCache.wholeBody`). */
 export const wholeBody = (response: HttpClientResponse.HttpClientResponse): Uint8Array | undefined =>
   response instanceof StreamResponse ? response.whole : undefined
+
+/** The lending read of a stored body served by the cache, if its backend offers one. */
+export const lentBody = (response: HttpClientResponse.HttpClientResponse): Lend | undefined =>
+  response instanceof StreamResponse ? response.lend : undefined

@@ -13,8 +13,9 @@ import {
   HttpServerResponse
 } from "@effect/platform"
 import { NodeHttpServerRequest } from "@effect/platform-node"
-import { Config, ConfigError, Data, Duration, Effect, Either, Stream } from "effect"
+import { Cause, Config, ConfigError, Data, Duration, Effect, Either, Stream } from "effect"
 import type * as Http from "node:http"
+import { type Lend, lentBody } from "./clientResponse.js"
 import { appendForwardedFor, appendVia, REQUEST_DROP, stripHopByHop } from "./proxyHeaders.js"
 import { parseDurationMillis } from "./units.js"
 
@@ -259,6 +260,10 @@ const toServerResponse = (
   if (method === "HEAD" || NO_BODY_STATUS(response.status)) {
     return Effect.succeed(HttpServerResponse.empty(options))
   }
+  const lend = setCookie ? undefined : lentBody(response)
+  if (lend !== undefined) {
+    return serveLent(NodeHttpServerRequest.toServerResponse(request), response.status, headers, lend)
+  }
   // An empty content type keeps the platform from inventing `application/octet-stream`.
   const contentType = headers["content-type"] ?? ""
   const length = headers["content-length"] === undefined ? Number.NaN : Number(headers["content-length"])
@@ -276,6 +281,79 @@ const toServerResponse = (
   )
   return Effect.succeed(
     HttpServerResponse.setBody(HttpServerResponse.empty(options), HttpBody.stream(body, contentType, undefined))
+  )
+}
+
+/** The connection closed (or failed) before a lent chunk was written to it. */
+class SocketGone extends Data.TaggedError("SocketGone")<{ readonly cause: unknown }> {}
+
+/**
+ * Writes one lent chunk and completes only when the socket took it (the write callback: from then
+ * on the chunk's buffer may be reused), or fails when the connection goes away first. One chunk
+ * in flight at a time is the back-pressure.
+ */
+const writeLent = (res: Http.ServerResponse, chunk: Uint8Array): Effect.Effect<void, SocketGone> =>
+  Effect.async<void, SocketGone>((resume) => {
+    if (res.destroyed) return resume(Effect.fail(new SocketGone({ cause: "destroyed" })))
+    let settled = false
+    const settle = (error: unknown) => {
+      if (settled) return
+      settled = true
+      res.off("close", onClose)
+      resume(error === undefined || error === null ? Effect.void : Effect.fail(new SocketGone({ cause: error })))
+    }
+    const onClose = () => settle("closed")
+    res.once("close", onClose)
+    res.write(chunk, settle)
+  })
+
+/**
+ * Serves a stored body through its backend's lending read (`StreamedEntry.readInto`, the disk):
+ * the head, then each chunk straight to the socket, the next read starting once the socket took the
+ * previous chunk. The read buffer is reused, so peak memory stays flat whatever the body size (an
+ * Effect stream of fresh chunks leaves each one to the garbage collector). A body that fails mid-way
+ * (the backend's integrity check removed it) cuts the connection: the client never sees a clean end.
+ * The response is ended here; the returned one is never written (the platform skips an ended one).
+ */
+const serveLent = (
+  res: Http.ServerResponse,
+  status: number,
+  headers: Record<string, string>,
+  lend: Lend
+): Effect.Effect<HttpServerResponse.HttpServerResponse> => {
+  let last: Uint8Array | undefined
+  return Effect.suspend(() => {
+    res.writeHead(status, headers)
+    // The backend verifies a body after its last chunk: with a Content-Length, the last byte waits
+    // for that verdict (a copy of one byte), or a client would take a corrupt body as complete.
+    // Without one, the body is chunked and only `end` writes its terminator.
+    const declared = headers["content-length"] === undefined ? Number.NaN : Number(headers["content-length"])
+    let sent = 0
+    return lend((chunk) => {
+      sent += chunk.byteLength
+      if (sent !== declared || chunk.byteLength === 0) return writeLent(res, chunk)
+      last = chunk.slice(chunk.byteLength - 1)
+      return chunk.byteLength === 1 ? Effect.void : writeLent(res, chunk.subarray(0, chunk.byteLength - 1))
+    })
+  }).pipe(
+    Effect.matchCauseEffect({
+      onSuccess: () => Effect.sync(() => void (last === undefined ? res.end() : res.end(last))),
+      onFailure: (cause) =>
+        Effect.zipRight(
+          Effect.sync(() => {
+            res.destroy()
+            // marks the response ended, so the platform does not write a second head
+            res.end()
+          }),
+          Cause.failureOption(cause).pipe(
+            (failure) =>
+              failure._tag === "Some" && failure.value instanceof SocketGone
+                ? Effect.void
+                : Effect.logWarning("cachekit proxy: a stored body failed while being sent; connection cut", cause)
+          )
+        )
+    }),
+    Effect.as(HttpServerResponse.empty())
   )
 }
 

@@ -101,7 +101,7 @@ const metadataOnlyAbove = (
   l2: CacheBackend.CacheBackend,
   streaming: CacheBackend.StreamingCapability,
   threshold: number,
-  bodies: WeakMap<CacheEntry.CacheEntry, Stream.Stream<Uint8Array, CacheError.CacheError>>
+  bodies: WeakMap<CacheEntry.CacheEntry, CacheBackend.StreamedEntry>
 ): CacheBackend.CacheBackend => ({
   ...l2,
   get: (key) =>
@@ -110,7 +110,7 @@ const metadataOnlyAbove = (
       const { body, entry } = found.value
       if (entry.size > threshold) {
         const marked: CacheEntry.CacheEntry = { ...entry, value: EMPTY, meta: { ...entry.meta, [STREAMED]: "1" } }
-        bodies.set(marked, body)
+        bodies.set(marked, found.value)
         return Effect.succeedSome(marked)
       }
       return Effect.map(Stream.runCollect(body), (chunks) => Option.some({ ...entry, value: concat(chunks) }))
@@ -129,7 +129,7 @@ const withStreaming = (
   l2: CacheBackend.CacheBackend,
   streaming: CacheBackend.StreamingCapability,
   l1MaxEntrySize: number,
-  bodies: WeakMap<CacheEntry.CacheEntry, Stream.Stream<Uint8Array, CacheError.CacheError>>
+  bodies: WeakMap<CacheEntry.CacheEntry, CacheBackend.StreamedEntry>
 ): CacheBackend.CacheBackend => {
   const face = tiered.backend
   const isStreamed = (entry: CacheEntry.CacheEntry) => entry.meta?.[STREAMED] === "1"
@@ -146,9 +146,12 @@ const withStreaming = (
           if (Option.isNone(found)) return Effect.succeedNone
           const entry = found.value
           if (!isStreamed(entry)) return Effect.succeedSome({ entry, body: Stream.succeed(entry.value) })
-          const body = bodies.get(entry)
-          // the entry object was copied on the way up: open the stream again
-          return body === undefined ? streaming.getStream(key) : Effect.succeedSome({ entry, body })
+          const stored = bodies.get(entry)
+          // the entry object was copied on the way up: open the stream again. The disk's
+          // `readInto` (lent chunks, one reused buffer) is passed on with its stream.
+          return stored === undefined
+            ? streaming.getStream(key)
+            : Effect.succeedSome({ entry, body: stored.body, readInto: stored.readInto })
         }),
       setStream: (key, entry, body) =>
         Effect.gen(function*() {
@@ -339,7 +342,7 @@ const makeCache = (
           })
           : undefined
         const streaming = settings.backend === "memory+disk" ? l2.streaming : undefined
-        const bodies = new WeakMap<CacheEntry.CacheEntry, Stream.Stream<Uint8Array, CacheError.CacheError>>()
+        const bodies = new WeakMap<CacheEntry.CacheEntry, CacheBackend.StreamedEntry>()
         const tiered = yield* TieredCache.make(
           [
             { backend: l1, name: "memory", maxEntrySize: l1Max },
