@@ -309,7 +309,9 @@ const main = async () => {
   const rounds = Number(process.env["BENCH_ROUNDS"] ?? "3")
   const cells: Array<{ body: string; connections: number; results: Array<Cell>; rounds: Array<Array<Cell>> }> = []
   // BENCH_BODIES=1m / BENCH_CONNS=64 run some cells only (iterating; the README table needs them all).
-  const bodies = process.env["BENCH_BODIES"]?.split(",")
+  // BENCH_RSS_ONLY=1 runs the 50 MiB RSS phase alone and writes nothing to the README.
+  const rssOnly = process.env["BENCH_RSS_ONLY"] === "1"
+  const bodies = rssOnly ? [] : process.env["BENCH_BODIES"]?.split(",")
   const conns = process.env["BENCH_CONNS"]?.split(",").map(Number)
   for (const [path, body] of [["/1k", "1 KiB"], ["/1m", "1 MiB"]] as const) {
     if (bodies !== undefined && !bodies.includes(path.slice(1))) continue
@@ -358,7 +360,7 @@ const main = async () => {
     console.log(`${proxy.name}: RSS ${fmt(base)} MiB before, peak ${fmt(peak)} MiB during 200 hits of 50 MiB`)
   }
   stop()
-  if (skipRss) return
+  if (skipRss || rssOnly) return
 
   const names = proxies.map((p) => p.name)
   const ratio = (results: ReadonlyArray<Cell>, all: ReadonlyArray<ReadonlyArray<Cell>>, i: number) => {

@@ -312,7 +312,7 @@ describe("DiskBackend", () => {
         expect(Buffer.from(Option.getOrThrow(yield* backend.get("a")).value).equals(Buffer.from(value))).toBe(true)
       }))
 
-    it.scoped("a getStream answer lends the same body through one reused buffer; a body gone meanwhile fails", () =>
+    it.scoped("a getStream answer lends through one reused buffer, reused by later reads; a body gone meanwhile fails", () =>
       Effect.gen(function*() {
         const dir = yield* tempDir
         const { backend } = yield* open({ directory: dir })
@@ -330,6 +330,17 @@ describe("DiskBackend", () => {
         )
         expect(Buffer.concat(copies).equals(Buffer.from(value))).toBe(true)
         expect(buffers.size).toBe(1)
+        // a finished read's buffer serves the next read (no 64 KiB of garbage per read)
+        yield* DiskBackend.readInto(backend, "a", (chunk) => Effect.sync(() => void buffers.add(chunk.buffer)))
+        expect(buffers.size).toBe(1)
+        // ... but not one whose f failed: it may still hold the chunk
+        const failed = new Set<ArrayBufferLike>()
+        yield* Effect.either(DiskBackend.readInto(backend, "a", (chunk) => {
+          failed.add(chunk.buffer)
+          return Effect.fail("consumer gone" as const)
+        }))
+        yield* DiskBackend.readInto(backend, "a", (chunk) => Effect.sync(() => void failed.add(chunk.buffer)))
+        expect(failed.size).toBe(2)
         // answered, then truncated before its body is read: a failure, not a short body
         const again = Option.getOrThrow(yield* backend.streaming!.getStream("a"))
         yield* Effect.promise(() => fs.truncate(contentFile(dir, value), 200_000))

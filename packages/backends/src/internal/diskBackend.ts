@@ -80,6 +80,9 @@ const decodeRecord = (text: string): IndexRecord | undefined => {
 
 const EMPTY = new Uint8Array(0)
 
+/** Read buffers kept for reuse by `readInto` (concurrent reads beyond this allocate their own). */
+const SPARE_BUFFERS = 16
+
 /**
  * Reads a body into `f` through one reused buffer (see `DiskBackend.readInto`): the chunk handed to
  * `f` is only valid until the effect `f` returns completes.
@@ -160,6 +163,8 @@ export const makeDiskBackend = (
     const refs = new Map<string, { count: number; size: number }>()
     let bytesOnDisk = 0
     let hits = 0
+    /** Read buffers of finished `readInto`s, for the next ones (a buffer per read was ~64 KiB of garbage each). */
+    const spareBuffers: Array<Buffer> = []
     let misses = 0
     let evictions = 0
     const pendingRecords: Array<string> = []
@@ -436,7 +441,7 @@ export const makeDiskBackend = (
                 return Option.none()
               }
               hits++
-              const buffer = Buffer.allocUnsafeSlow(options.chunkSize)
+              const buffer = spareBuffers.pop() ?? Buffer.allocUnsafeSlow(options.chunkSize)
               const hash = createHash("sha256")
               let position = 0
               while (position < record.size) {
@@ -448,6 +453,9 @@ export const makeDiskBackend = (
                 position += bytesRead
                 yield* f(chunk)
               }
+              // every `f` completed: nothing holds the buffer any more (one that failed or was
+              // interrupted mid-chunk may still be referenced, and is left to the collector)
+              if (spareBuffers.length < SPARE_BUFFERS) spareBuffers.push(buffer)
               if (position !== record.size || hash.digest("hex") !== record.digest) {
                 return yield* failedWhileReading(record, "reading")
               }
