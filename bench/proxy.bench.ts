@@ -241,7 +241,9 @@ const runOnce = async (
 }
 
 /** Serves 200 hits of the 50 MiB body (4 at a time); RSS before and the peak while serving. */
-const rssUnderLargeHits = async (proxy: Started): Promise<{ readonly base: number; readonly peak: number }> => {
+const rssUnderLargeHits = async (
+  proxy: Started
+): Promise<{ readonly base: number; readonly peak: number; readonly seconds: number }> => {
   const url = `${proxy.url}/50m`
   const drain = async () => {
     const res = await request(url)
@@ -257,6 +259,7 @@ const rssUnderLargeHits = async (proxy: Started): Promise<{ readonly base: numbe
   let peak = base
   const sampler = setInterval(() => (peak = Math.max(peak, rssMiB(pid))), 10)
   let next = 0
+  const started = performance.now()
   const worker = async () => {
     while (next < 200) {
       next++
@@ -265,8 +268,9 @@ const rssUnderLargeHits = async (proxy: Started): Promise<{ readonly base: numbe
   }
   await Promise.all([worker(), worker(), worker(), worker()])
   clearInterval(sampler)
+  const seconds = (performance.now() - started) / 1000
   peak = Math.max(peak, rssMiB(pid))
-  return { base, peak }
+  return { base, peak, seconds }
 }
 
 const fmt = (n: number, digits = 0) =>
@@ -351,13 +355,17 @@ const main = async () => {
     }
   }
 
-  const rss: Array<{ name: string; base: number; peak: number }> = []
+  const rss: Array<{ name: string; base: number; peak: number; seconds: number }> = []
   // BENCH_SKIP_RSS=1 skips the 50 MiB phase while iterating; it then writes nothing to the README.
   const skipRss = process.env["BENCH_SKIP_RSS"] === "1"
   for (const proxy of skipRss ? [] : proxies.slice(0, 3)) {
-    const { base, peak } = await rssUnderLargeHits(proxy)
-    rss.push({ name: proxy.name, base, peak })
-    console.log(`${proxy.name}: RSS ${fmt(base)} MiB before, peak ${fmt(peak)} MiB during 200 hits of 50 MiB`)
+    const { base, peak, seconds } = await rssUnderLargeHits(proxy)
+    rss.push({ name: proxy.name, base, peak, seconds })
+    console.log(
+      `${proxy.name}: RSS ${fmt(base)} MiB before, peak ${fmt(peak)} MiB during 200 hits of 50 MiB (${
+        fmt(seconds, 1)
+      } s)`
+    )
   }
   stop()
   if (skipRss || rssOnly) return
@@ -391,9 +399,11 @@ const main = async () => {
     `${body}/c${connections}: ${results.map((r, i) => `${names[i]} ${r.originRequests}`).join(", ")}`
   )
   const rssTable = [
-    "| proxy | RSS before (MiB) | peak RSS during 200 hits of 50 MiB (MiB) | growth (MiB) |",
-    "|---|---:|---:|---:|",
-    ...rss.map((r) => `| ${r.name} | ${fmt(r.base)} | ${fmt(r.peak)} | ${fmt(r.peak - r.base)} |`)
+    "| proxy | RSS before (MiB) | peak RSS during 200 hits of 50 MiB (MiB) | growth (MiB) | 200 hits took (s) |",
+    "|---|---:|---:|---:|---:|",
+    ...rss.map((r) =>
+      `| ${r.name} | ${fmt(r.base)} | ${fmt(r.peak)} | ${fmt(r.peak - r.base)} | ${fmt(r.seconds, 1)} |`
+    )
   ]
   const date = new Date().toISOString().slice(0, 10)
   writeSection([

@@ -14,8 +14,9 @@
  * ones live on disk only and are STREAMED from it. `TieredCache`'s face has no streaming capability,
  * so the disk tier is wrapped: its `get` answers a large entry with its metadata only (empty value,
  * marked), which `TieredCache` counts as an L2 hit and never promotes (its size is over L1's bound);
- * the face's `getStream` then hands out the disk stream it kept for that entry object. Small entries
- * are read whole and promoted as usual.
+ * the face's `getStream` then hands out the disk stream it kept for that entry object, with the disk's
+ * lending read of the same body (`StreamedEntry.readInto`, which the proxy writes to the socket
+ * through one reused buffer). Small entries are read whole and promoted as usual.
  *
  * @internal
  */
