@@ -116,6 +116,18 @@ const getRaw = (url: string) =>
     req.on("error", () => finish(false))
   })
 
+/** A GET whose client goes away after its first body bytes; resolves once it is gone. */
+const abandonAfterFirstChunk = (url: string) =>
+  Effect.async<number>((resume) => {
+    const req = Http.get(url, { agent: false }, (res) => {
+      res.once("data", (chunk: Buffer) => {
+        req.destroy()
+        resume(Effect.succeed(chunk.byteLength))
+      })
+    })
+    req.on("error", () => undefined)
+  })
+
 describe("Proxy: a disk-only body is served through the backend's lending read", () => {
   it.scopedLive("serves a multi-MiB hit byte-exact from lent chunks, never reading its Effect stream", () =>
     Effect.gen(function*() {
@@ -141,6 +153,24 @@ describe("Proxy: a disk-only body is served through the backend's lending read",
       // HEAD of the same entry: headers only, through the existing path
       const head = yield* fetchVia(url, { dispatcher, method: "HEAD" })
       expect([head.status, head.body.byteLength, lent.calls]).toEqual([200, 0, 2])
+    }).pipe(Effect.provide(layerOrigin(routes))))
+
+  it.scopedLive("a client that goes away mid-body stops the read; the entry still serves the next hit", () =>
+    Effect.gen(function*() {
+      const { lent, origin, url } = yield* rig
+      const dispatcher = yield* agent
+      yield* fetchVia(url, { dispatcher })
+      expect((yield* fetchVia(url, { dispatcher })).body.equals(body)).toBe(true)
+      const bytesBefore = lent.bytes
+      expect(yield* abandonAfterFirstChunk(url)).toBeGreaterThan(0)
+      // the read stops once the socket is gone (a few chunks may already be on their way)
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 200)))
+      expect(lent.calls).toBe(2)
+      expect(lent.bytes - bytesBefore).toBeLessThan(SIZE)
+      const after = yield* fetchVia(url, { dispatcher })
+      expect(after.headers["cache-status"]).toContain("hit")
+      expect(after.body.equals(body)).toBe(true)
+      expect([lent.calls, yield* origin.count("/big")]).toEqual([3, 1])
     }).pipe(Effect.provide(layerOrigin(routes))))
 
   it.scopedLive("a body altered on disk is cut mid-response (no clean end, not all bytes) and is a miss next time", () =>
