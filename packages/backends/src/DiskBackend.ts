@@ -83,8 +83,8 @@ export const config: Config.Config<Options> = Config.all({
  * Reads the body of `key` chunk by chunk into `f`, for consumers that are done with a chunk when the
  * effect `f` returns completes (write it to a file or socket and wait for the write, hash it, parse
  * it): **the chunk is lent, not given** — on a disk backend it is a view of one buffer that is reused
- * for the next chunk, so copy it (`chunk.slice()`) to keep it. In exchange a read holds one
- * `chunkSize` buffer and leaves no garbage buffer per chunk: peak RSS stays flat whatever the body
+ * for the next chunk, so copy it (`new Uint8Array(chunk)`; a Buffer's `slice` is a view) to keep
+ * it. In exchange a read holds one `chunkSize` buffer and leaves no garbage buffer per chunk: peak RSS stays flat whatever the body
  * size, where `streaming.getStream`, whose chunks the consumer may keep, leaves every chunk to the
  * garbage collector (see bench/README.md, "Backends").
  *

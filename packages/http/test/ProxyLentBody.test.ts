@@ -24,8 +24,15 @@ import { tempDir } from "./fixtures/proxyRun.js"
 /** Over the default L1 bound (1 MiB): on disk only. Not a multiple of the 64 KiB read size. */
 const SIZE = 3 * 1024 * 1024 + 123
 const body = randomBytes(SIZE)
+const other = randomBytes(SIZE - 4321)
 
 const routes: Routes = {
+  "/other": () =>
+    Effect.succeed(
+      HttpServerResponse.uint8Array(other, {
+        headers: { "cache-control": "public, max-age=600", "content-type": "application/octet-stream" }
+      })
+    ),
   "/big": () =>
     Effect.succeed(
       HttpServerResponse.uint8Array(body, {
@@ -40,7 +47,10 @@ interface Lent {
   bytes: number
 }
 
-/** `backend` whose streamed reads count lent chunks and refuse their Effect stream when they can lend. */
+/**
+ * `backend` whose streamed reads count lent chunks, spoil each one once its consumer is done with it,
+ * and refuse their Effect stream when they can lend.
+ */
 const spied = (backend: CacheBackend.CacheBackend, lent: Lent): CacheBackend.CacheBackend => {
   const streaming = backend.streaming!
   return {
@@ -61,7 +71,12 @@ const spied = (backend: CacheBackend.CacheBackend, lent: Lent): CacheBackend.Cac
                 return readInto((chunk: Uint8Array) => {
                   lent.chunks++
                   lent.bytes += chunk.byteLength
-                  return f(chunk)
+                  // the chunk is lent until f completes: spoil it then, as a reuse of its buffer would
+                  // (the disk has hashed it already), so a consumer that kept a view sends wrong bytes
+                  return Effect.tap(f(chunk), () =>
+                    Effect.sync(() => {
+                      for (let i = 0; i < chunk.byteLength; i++) chunk[i] = chunk[i]! ^ 0xff
+                    }))
                 }) as Effect.Effect<void, CacheError.CacheError | E, R>
               }
             }
@@ -153,6 +168,27 @@ describe("Proxy: a disk-only body is served through the backend's lending read",
       // HEAD of the same entry: headers only, through the existing path
       const head = yield* fetchVia(url, { dispatcher, method: "HEAD" })
       expect([head.status, head.body.byteLength, lent.calls]).toEqual([200, 0, 2])
+    }).pipe(Effect.provide(layerOrigin(routes))))
+
+  it.scopedLive("concurrent hits of two bodies each get their own bytes (lent buffers are reused between reads)", () =>
+    Effect.gen(function*() {
+      const { lent, url } = yield* rig
+      const otherUrl = url.replace(/\/big$/, "/other")
+      const dispatcher = yield* agent
+      yield* fetchVia(url, { dispatcher })
+      yield* fetchVia(otherUrl, { dispatcher })
+      for (let round = 0; round < 3; round++) {
+        const got = yield* Effect.forEach(
+          Array.from({ length: 8 }, (_, i) => i % 2 === 0 ? url : otherUrl),
+          (target) => Effect.map(fetchVia(target, { dispatcher }), (res) => ({ target, res })),
+          { concurrency: "unbounded" }
+        )
+        for (const { res, target } of got) {
+          expect(res.headers["cache-status"]).toContain("hit")
+          expect(res.body.equals(target === url ? body : other)).toBe(true)
+        }
+      }
+      expect(lent.calls).toBe(24)
     }).pipe(Effect.provide(layerOrigin(routes))))
 
   it.scopedLive("a client that goes away mid-body stops the read; the entry still serves the next hit", () =>

@@ -332,7 +332,8 @@ const serveLent = (
     return lend((chunk) => {
       sent += chunk.byteLength
       if (sent !== declared || chunk.byteLength === 0) return writeLent(res, chunk)
-      last = chunk.slice(chunk.byteLength - 1)
+      // a copy: `slice` of a Buffer (what the disk lends) is a view of the reused buffer
+      last = new Uint8Array(chunk.subarray(chunk.byteLength - 1))
       return chunk.byteLength === 1 ? Effect.void : writeLent(res, chunk.subarray(0, chunk.byteLength - 1))
     })
   }).pipe(
