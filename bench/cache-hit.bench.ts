@@ -5,6 +5,12 @@
  *
  * Writes the table into bench/README.md under "## Cache hit path" (only that section).
  * Run: `npm run bench -- cache-hit`.
+ *
+ * Runs as plain JavaScript under plain `node` (bench/lib/plainNode.ts: under tsx the workspace
+ * packages run as rewritten CommonJS with Effect's CommonJS build, slower than shipped code);
+ * `CK_BENCH_LOADER=tsx` runs it the old way. Not pinned to a CPU: rates are CPU time of the process,
+ * not latency, and there is no second process to share a CPU with (pinning would only put V8's GC
+ * helper threads on the bench's own CPU).
  */
 import { Cache, MemoryBackend } from "@cachekit/core"
 import { BentoCache, bentostore } from "bentocache"
@@ -13,7 +19,11 @@ import { createCache } from "cache-manager"
 import { Cache as EffectCache, Duration, Effect, Layer, ManagedRuntime, Schema } from "effect"
 import { LRUCache } from "lru-cache"
 import { cpus, loadavg } from "node:os"
+import { describeRun, runAsPlainNode } from "./lib/plainNode.js"
 import { writeReadmeSection } from "./lib/readme.js"
+
+// Not pinned: see the header comment.
+runAsPlainNode(import.meta.url)
 
 const writeSection = (title: string, body: string) => writeReadmeSection(`## ${title}\n\n${body}`)
 
@@ -269,7 +279,8 @@ const main = async () => {
       `${cpus().length} cores shared with other work (load average ${loadBefore.toFixed(1)} before, ${
         loadAfter.toFixed(1)
       } after this run), so absolute numbers move by up to ~50% between runs; ` +
-      "the ratios come from one run). Every read is a hit on one of 1,024 warm string values; cachekit reads " +
+      `the ratios come from one run; ${describeRun()}, see bench/lib/plainNode.ts). ` +
+      "Every read is a hit on one of 1,024 warm string values; cachekit reads " +
       "through a Schema-typed view (`cache.typed(Schema.String)`) on `MemoryBackend`. Rates are ops per CPU-second of the bench process (wall time on a shared machine mostly measures the scheduler). Cases run round-robin, 4 rounds of ~0.15 CPU-s each; the best round counts.",
       "",
       ...table,

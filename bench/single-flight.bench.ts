@@ -12,6 +12,12 @@
  *
  * Writes the table into bench/README.md under "## Single-flight" (only that section).
  * Run: `npm run bench -- single-flight`.
+ *
+ * Runs as plain JavaScript under plain `node` (bench/lib/plainNode.ts: under tsx the workspace
+ * packages run as rewritten CommonJS with Effect's CommonJS build, slower than shipped code);
+ * `CK_BENCH_LOADER=tsx` runs it the old way. Not pinned to a CPU: everything happens in one process
+ * (no client/server wake-ups across CPUs, which is what pinning fixes in the tiers bench), and
+ * pinning would put V8's GC helper threads on the same CPU as the fibers being timed.
  */
 import { Cache, MemoryBackend } from "@cachekit/core"
 import { BentoCache, bentostore } from "bentocache"
@@ -20,7 +26,11 @@ import { createCache } from "cache-manager"
 import { Cache as EffectCache, Deferred, Duration, Effect, Fiber, Layer, ManagedRuntime, Schema } from "effect"
 import { cpus, loadavg } from "node:os"
 import { setTimeout as sleep } from "node:timers/promises"
+import { describeRun, runAsPlainNode } from "./lib/plainNode.js"
 import { writeReadmeSection } from "./lib/readme.js"
+
+// Not pinned: see the header comment.
+runAsPlainNode(import.meta.url)
 
 const writeSection = (title: string, body: string) => writeReadmeSection(`## ${title}\n\n${body}`)
 
@@ -259,7 +269,7 @@ const main = async () => {
       `Measured by \`npm run bench -- single-flight\` (${
         new Date().toISOString().slice(0, 10)
       }, Node ${process.version}, ` +
-      `shared ${cpus().length}-core machine). ${CALLERS} concurrent callers miss one key whose compute takes ` +
+      `shared ${cpus().length}-core machine; ${describeRun()}, see bench/lib/plainNode.ts). ${CALLERS} concurrent callers miss one key whose compute takes ` +
       `${COMPUTE_MS} ms (a timer); wall time from the start of the stampede until the last caller has its ` +
       `value, ${ROUNDS} rounds on fresh keys, round-robin over the rows. The Effect rows fork ${CALLERS} fibers ` +
       "in a loop (`Effect.fork`), each calling the cache, and join them; the floor row is the same fibers " +

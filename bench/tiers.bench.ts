@@ -11,11 +11,11 @@
  * in spawn mode the server, share one CPU: cross-CPU wake-ups swing loopback latency several-fold
  * on a 2-core machine.
  *
- * It re-runs itself as plain JavaScript under plain `node`, the way an application runs cachekit:
- * under tsx (which `npm run bench` uses) the workspace packages' ESM `dist` is rewritten into
- * CommonJS with a `__name()` call per closure created and Effect's CommonJS build is loaded, while
- * bentocache and ioredis (in node_modules) run untouched; that made every cachekit row slower than
- * shipped code is. `CK_BENCH_LOADER=tsx` keeps the old way, to compare.
+ * It re-runs itself as plain JavaScript under plain `node` (bench/lib/plainNode.ts), the way an
+ * application runs cachekit: under tsx (which `npm run bench` uses) the workspace packages' ESM
+ * `dist` is rewritten into CommonJS with a `__name()` call per closure created and Effect's CommonJS
+ * build is loaded, while bentocache and ioredis (in node_modules) run untouched; that made every
+ * cachekit row slower than shipped code is. `CK_BENCH_LOADER=tsx` keeps the old way, to compare.
  */
 import { RedisBackend } from "@cachekit/backends"
 import { Cache, CacheBackend, CacheEntry, MemoryBackend, TieredCache } from "@cachekit/core"
@@ -24,34 +24,11 @@ import { memoryDriver } from "bentocache/drivers/memory"
 import { redisDriver } from "bentocache/drivers/redis"
 import { Effect, Either, Exit, Schema, Scope } from "effect"
 import { Redis } from "ioredis"
-import { type ChildProcess, spawn, spawnSync } from "node:child_process"
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { type ChildProcess, spawn } from "node:child_process"
 import * as net from "node:net"
-import * as path from "node:path"
-import { fileURLToPath } from "node:url"
-import ts from "typescript"
+import { asPlainJs, hasTaskset, runAsPlainNode } from "./lib/plainNode.js"
 
-const hasTaskset = spawnSync("which", ["taskset"]).status === 0
-const asPlainJs = process.env["CK_BENCH_LOADER"] !== "tsx"
-if (process.env["CK_BENCH_PINNED"] !== "1" && (hasTaskset || asPlainJs)) {
-  let argv = [...process.execArgv, ...process.argv.slice(1)]
-  if (asPlainJs) {
-    // this file has no relative imports: transpiled on its own, it resolves packages from node_modules
-    const out = fileURLToPath(new URL("../node_modules/.cache/cachekit-bench/tiers.bench.mjs", import.meta.url))
-    mkdirSync(path.dirname(out), { recursive: true })
-    const { outputText } = ts.transpileModule(readFileSync(fileURLToPath(import.meta.url), "utf8"), {
-      compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 }
-    })
-    writeFileSync(out, outputText)
-    argv = ["--expose-gc", out]
-  }
-  const command = hasTaskset ? "taskset" : process.execPath
-  const r = spawnSync(command, hasTaskset ? ["-c", "0", process.execPath, ...argv] : argv, {
-    stdio: "inherit",
-    env: { ...process.env, CK_BENCH_PINNED: "1" }
-  })
-  process.exit(r.status ?? 1)
-}
+runAsPlainNode(import.meta.url, { cpu: "0" })
 
 const ROUNDS = 7
 const L2_OPS = 1500

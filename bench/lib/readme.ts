@@ -3,8 +3,12 @@
  * the next `## ` heading) or appends it, leaving every other bench's section as it is.
  */
 import { readFileSync, writeFileSync } from "node:fs"
+import { pathToFileURL } from "node:url"
 
-const README = new URL("../README.md", import.meta.url)
+// CK_BENCH_DIR: set by lib/plainNode.ts when this runs transpiled from node_modules/.cache
+const README = process.env["CK_BENCH_DIR"] !== undefined
+  ? new URL("README.md", pathToFileURL(process.env["CK_BENCH_DIR"] + "/"))
+  : new URL("../README.md", import.meta.url)
 
 /** `markdown` starts with its own `## Title` line. */
 export const writeReadmeSection = (markdown: string): void => {
