@@ -137,10 +137,44 @@ interface Started {
   readonly url: string
 }
 
+/**
+ * CPU pinning (CK_BENCH_PIN=0 turns it off): on this 2-core machine the load generator (autocannon,
+ * in this process) and the proxy under test otherwise fight for the same cores, and at 1 MiB x 64
+ * connections the client sets the pace for every proxy alike. Pinned, this process and the origin
+ * run on CPU 0 and every proxy on CPU 1 (one proxy is measured at a time).
+ */
+const pinned = process.env["CK_BENCH_PIN"] !== "0" && (() => {
+  try {
+    execFileSync("taskset", ["-cp", "0", String(process.pid)], { stdio: "ignore" })
+    return true
+  } catch {
+    return false
+  }
+})()
+
+/**
+ * cachekit runs as shipped: plain `node` on the compiled `dist` (built first with `tsc -b`). Under
+ * tsx every closure of cachekit's source gets a `__name` wrapper and the module graph is transpiled
+ * on load, a handicap the other proxies (plain undici from node_modules) do not carry.
+ * CK_BENCH_LOADER=tsx runs cachekit from source as before.
+ */
+const cachekitFromDist = process.env["CK_BENCH_LOADER"] !== "tsx"
+const cachekitBin = cachekitFromDist
+  ? [Path.join(root, "packages/http/dist/bin/cachekit.js")]
+  : ["--import", "tsx", "packages/http/src/bin/cachekit.ts"]
+
 let nextId = 0
-const start = (name: string, args: ReadonlyArray<string>, parseUrl: (output: string) => string | undefined) =>
+/** `node <args>` (add `--import tsx` for TypeScript), on `cpu` when pinning. */
+const start = (
+  name: string,
+  args: ReadonlyArray<string>,
+  parseUrl: (output: string) => string | undefined,
+  cpu: "0" | "1" = "1"
+) =>
   new Promise<Started>((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", ...args], {
+    const command = pinned ? "taskset" : process.execPath
+    const all = pinned ? ["-c", cpu, process.execPath, ...args] : args
+    const child = spawn(command, all, {
       cwd: root,
       stdio: ["ignore", "pipe", "pipe"]
     })
@@ -289,15 +323,29 @@ const perRound = (all: ReadonlyArray<ReadonlyArray<Cell>>, i: number): Array<num
 
 const main = async () => {
   const seconds = Number(process.env["BENCH_SECONDS"] ?? "2")
-  const origin = await start("origin", [self, "--role", "origin"], portLine)
-  const common = ["packages/http/src/bin/cachekit.ts", "proxy", "--port", "0", "--upstream", origin.url]
+  if (cachekitFromDist) execFileSync("npx", ["tsc", "-b"], { cwd: root, stdio: "inherit" })
+  const origin = await start("origin", ["--import", "tsx", self, "--role", "origin"], portLine, "0")
+  const common = [...cachekitBin, "proxy", "--port", "0", "--upstream", origin.url]
   const sized = ["--memory-max-bytes", "512MiB", "--max-body-size", "64MiB"]
   const diskDir = mkdtempSync(Path.join(tmpdir(), "cachekit-bench-proxy-"))
   const proxies = await Promise.all([
     start("cachekit --backend memory", [...common, "--backend", "memory", ...sized], cachekitLine),
     start("cachekit default (memory+disk)", [...common, ...sized, "--disk-dir", diskDir], cachekitLine),
-    start("undici cache interceptor", [self, "--role", "node-proxy", "--upstream", origin.url, "--cache"], portLine),
-    start("node proxy, no cache", [self, "--role", "node-proxy", "--upstream", origin.url], portLine),
+    start("undici cache interceptor", [
+      "--import",
+      "tsx",
+      self,
+      "--role",
+      "node-proxy",
+      "--upstream",
+      origin.url,
+      "--cache"
+    ], portLine),
+    start(
+      "node proxy, no cache",
+      ["--import", "tsx", self, "--role", "node-proxy", "--upstream", origin.url],
+      portLine
+    ),
     start("cachekit --backend none", [...common, "--backend", "none"], cachekitLine)
   ])
   const undiciIndex = 2
@@ -409,7 +457,13 @@ const main = async () => {
   writeSection([
     "## Proxy",
     "",
-    `Measured by \`npm run bench -- proxy\` (${date}, Node ${process.version}, 2 cores shared with other work: absolute numbers move a lot between runs, compare within a row). The origin and each proxy are child processes on loopback; autocannon (in the bench process, on the same 2 cores) keeps 1 or 64 connections busy; each cell runs the five proxies round-robin ${rounds} times (each round starting with the next proxy, and waiting until the last one and the origin are idle before the next run) for ${seconds} s after a warm-up and keeps each proxy's best round (load from other work changes by the second); the ratio columns give best over best, and in brackets the median and the range of the ratio within one round (cachekit and undici measured in the same round, seconds apart). For the caching proxies every measured request is a hit on one URL. Proxies: \`cachekit proxy --backend memory\` (shared cache), \`cachekit proxy\` on its default backend (memory L1 + disk L2 tiers, \`--disk-dir\` a temporary directory), a plain Node \`http\` proxy forwarding through undici 7 with \`interceptors.cache()\` (MemoryCacheStore, shared), the same plain proxy without the cache, and \`cachekit proxy --backend none\` (forwarding only).`,
+    `Measured by \`npm run bench -- proxy\` (${date}, Node ${process.version}, 2 cores shared with other work: absolute numbers move a lot between runs, compare within a row). The origin and each proxy are child processes on loopback; ${
+      pinned
+        ? "autocannon (in the bench process) and the origin pinned to CPU 0 and every proxy to CPU 1 (taskset; one proxy is measured at a time)"
+        : "autocannon (in the bench process, on the same 2 cores, unpinned)"
+    } keeps 1 or 64 connections busy; cachekit ${
+      cachekitFromDist ? "runs as shipped (plain node on the compiled dist)" : "runs from source under tsx"
+    }; each cell runs the five proxies round-robin ${rounds} times (each round starting with the next proxy, and waiting until the last one and the origin are idle before the next run) for ${seconds} s after a warm-up and keeps each proxy's best round (load from other work changes by the second); the ratio columns give best over best, and in brackets the median and the range of the ratio within one round (cachekit and undici measured in the same round, seconds apart). For the caching proxies every measured request is a hit on one URL. Proxies: \`cachekit proxy --backend memory\` (shared cache), \`cachekit proxy\` on its default backend (memory L1 + disk L2 tiers, \`--disk-dir\` a temporary directory), a plain Node \`http\` proxy forwarding through undici 7 with \`interceptors.cache()\` (MemoryCacheStore, shared), the same plain proxy without the cache, and \`cachekit proxy --backend none\` (forwarding only).`,
     "",
     ...table,
     "",
