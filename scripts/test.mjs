@@ -23,7 +23,12 @@ let skipped = 0
 if (existsSync(report)) {
   const json = JSON.parse(readFileSync(report, "utf8"))
   passed = json.numPassedTests
-  failed = json.numFailedTests + (json.numRuntimeErrorTestSuites ?? 0)
+  // a file that failed without a failed test (a beforeAll that threw or timed out, an import error)
+  // reports its tests as skipped: count each such file as a failure, or the line would say 0 failed
+  const failedFilesWithoutFailedTests = json.testResults.filter((file) =>
+    file.status === "failed" && !file.assertionResults.some((test) => test.status === "failed")
+  ).length
+  failed = json.numFailedTests + (json.numRuntimeErrorTestSuites ?? 0) + failedFilesWithoutFailedTests
   skipped = json.numPendingTests + json.numTodoTests
 } else {
   failed = 1

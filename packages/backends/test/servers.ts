@@ -3,6 +3,7 @@
  * run (globalSetup) and for fault tests that kill and restart their own instance.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process"
+import { readdirSync, readFileSync, readlinkSync } from "node:fs"
 import * as net from "node:net"
 
 export const hasBinary = (name: string): boolean => spawnSync("which", [name]).status === 0
@@ -57,30 +58,39 @@ export const killProcess = (child: ChildProcess): Promise<void> =>
   })
 
 /**
- * The pid that the server answering on `port` reports (redis `INFO server`, memcached `stats`), or
- * undefined when nothing answers that way (yet).
+ * Who listens on 127.0.0.1:`port`: the process `pid`, another one, or nobody yet (from Linux's
+ * /proc: the listening socket's inode among `pid`'s open files). Works whatever the server's
+ * protocol or login; `undefined` where /proc cannot tell.
  */
-const answeringPid = (port: number, command: "redis-server" | "memcached"): Promise<number | undefined> =>
-  new Promise((resolve) => {
-    const socket = net.connect({ host: "127.0.0.1", port })
-    let reply = ""
-    const done = (pid: number | undefined) => {
-      socket.destroy()
-      resolve(pid)
-    }
-    socket.setTimeout(2000, () => done(undefined))
-    socket.once("connect", () => socket.write(command === "memcached" ? "stats\r\n" : "INFO server\r\n"))
-    socket.on("data", (data) => {
-      reply += data.toString("latin1")
-      const match = (command === "memcached" ? /STAT pid (\d+)/ : /process_id:(\d+)/).exec(reply)
-      if (match !== null) done(Number(match[1]))
-      else if (reply.includes("END\r\n") || reply.startsWith("-")) done(undefined)
-    })
-    socket.once("error", () => done(undefined))
-  })
+const listener = (pid: number, port: number): "own" | "other" | "none" | undefined => {
+  let table: string
+  try {
+    table = readFileSync("/proc/net/tcp", "utf8")
+  } catch {
+    return undefined
+  }
+  const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`
+  // fields: sl local_address rem_address st ... inode (10th); st 0A = LISTEN
+  const row = table.split("\n").map((line) => line.trim().split(/\s+/)).find((f) => f[1] === local && f[3] === "0A")
+  if (row === undefined) return "none"
+  const socket = `socket:[${row[9]}]`
+  try {
+    return readdirSync(`/proc/${pid}/fd`).some((fd) => {
+        try {
+          return readlinkSync(`/proc/${pid}/fd/${fd}`) === socket
+        } catch {
+          return false
+        }
+      })
+      ? "own"
+      : "other"
+  } catch {
+    return "other"
+  }
+}
 
 /**
- * Spawns `command` on `port` and resolves once the server answering there is this very child: between
+ * Spawns `command` on `port` and resolves once the socket listening there is this very child's: between
  * picking a free port and the server binding it, another test's server can take the port (the child
  * then exits), and a bare "accepts connections" check would hand out the other server. A free port
  * picked here (`pick`) is retried with another one; an explicit port is not.
@@ -95,11 +105,11 @@ const start = async (
     const child = spawn(command, args(p), { stdio: "ignore" })
     const deadline = Date.now() + 5000
     while (Date.now() < deadline && child.exitCode === null) {
-      const pid = await answeringPid(p, command)
-      if (pid !== undefined && pid === child.pid) {
+      const who = listener(child.pid!, p)
+      if (who === "own" || (who === undefined && await canConnect(p))) {
         return { port: p, kill: () => killProcess(child), signal: (sig) => void child.kill(sig) }
       }
-      if (pid !== undefined && port === undefined) break // another server holds the port: try another
+      if (who === "other" && port === undefined) break // another server holds the port: try another
       await new Promise((r) => setTimeout(r, 25))
     }
     await killProcess(child)
