@@ -99,7 +99,7 @@ const startOnce = async (settings: ClusterSettings): Promise<RedisClusterProcess
   for (let i = 0; i < 6; i++) ports.push(await freeNodePort(taken))
   const children: Array<ChildProcess> = []
   const stop = async () => {
-    await Promise.all(children.map(killProcess))
+    await Promise.all(children.map((child) => killProcess(child)))
     await fs.rm(dir, { recursive: true, force: true })
   }
   try {

@@ -49,12 +49,12 @@ export interface ServerProcess {
   readonly signal: (signal: NodeJS.Signals) => void
 }
 
-/** SIGKILLs `child` and resolves once it has exited (at once if it already has). */
-export const killProcess = (child: ChildProcess): Promise<void> =>
+/** Sends `signal` (SIGKILL by default) to `child` and resolves once it has exited (at once if it already has). */
+export const killProcess = (child: ChildProcess, signal: NodeJS.Signals = "SIGKILL"): Promise<void> =>
   new Promise<void>((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) return resolve()
     child.once("exit", () => resolve())
-    child.kill("SIGKILL")
+    child.kill(signal)
   })
 
 /**

@@ -43,7 +43,7 @@ describe.skipIf(!hasMemcached)("cachekit proxy on a memcached pool losing a serv
         expect((yield* pass).hits.size).toBe(ids.length)
         expect(yield* origin.count("/item")).toBe(ids.length)
 
-        servers[2]!.child.kill("SIGSTOP")
+        servers[2]!.signal("SIGSTOP")
         const during = [yield* pass, yield* pass]
         expect(during.map((p) => p.notOk)).toEqual([[], []])
         const missed = during.map((p) => ids.filter((id) => !p.hits.has(id)))
@@ -58,7 +58,7 @@ describe.skipIf(!hasMemcached)("cachekit proxy on a memcached pool losing a serv
         expect(yield* origin.count("/item")).toBe(ids.length + missed[0]!.length + missed[1]!.length)
 
         // resumed with its data: after the next probe its keys hit again
-        servers[2]!.child.kill("SIGCONT")
+        servers[2]!.signal("SIGCONT")
         yield* Effect.sleep("1100 millis")
         yield* pass
         const back = yield* pass
