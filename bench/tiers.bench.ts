@@ -256,41 +256,33 @@ const main = async () => {
     ]
   ]
 
+  /** Two rows for a cachekit read: inside one Effect loop, and one `runPromise` per call. */
+  const l1Rows = (
+    label: string,
+    get: (key: string) => Effect.Effect<{ readonly _tag: "None" | "Some" }, unknown>
+  ): Array<[string, () => Promise<number>]> => [
+    [
+      `${label}, L1 hit, one Effect loop`,
+      () =>
+        nsPerOp(L1_LOOP_OPS, (n) =>
+          Effect.runPromise(Effect.gen(function*() {
+            for (let i = 0; i < n; i++) if ((yield* get(keyOf(i)))._tag === "None") check(undefined)
+          })))
+    ],
+    [
+      `${label}, L1 hit, runPromise per call`,
+      () =>
+        nsPerOp(L1_AWAIT_OPS, async (n) => {
+          for (let i = 0; i < n; i++) {
+            if ((await Effect.runPromise(get(keyOf(i))))._tag === "None") check(undefined)
+          }
+        })
+    ]
+  ]
+
   const l1Cases: ReadonlyArray<[string, () => Promise<number>]> = [
-    [
-      "cachekit TieredCache.get, L1 hit, one Effect loop",
-      () =>
-        nsPerOp(L1_LOOP_OPS, (n) =>
-          Effect.runPromise(Effect.gen(function*() {
-            for (let i = 0; i < n; i++) if ((yield* tieredL1.get(keyOf(i)))._tag === "None") check(undefined)
-          })))
-    ],
-    [
-      "cachekit TieredCache.get, L1 hit, runPromise per call",
-      () =>
-        nsPerOp(L1_AWAIT_OPS, async (n) => {
-          for (let i = 0; i < n; i++) {
-            if ((await Effect.runPromise(tieredL1.get(keyOf(i))))._tag === "None") check(undefined)
-          }
-        })
-    ],
-    [
-      "cachekit Cache.get (typed) over tiers, L1 hit, one Effect loop",
-      () =>
-        nsPerOp(L1_LOOP_OPS, (n) =>
-          Effect.runPromise(Effect.gen(function*() {
-            for (let i = 0; i < n; i++) if ((yield* typedL1.get(keyOf(i)))._tag === "None") check(undefined)
-          })))
-    ],
-    [
-      "cachekit Cache.get (typed) over tiers, L1 hit, runPromise per call",
-      () =>
-        nsPerOp(L1_AWAIT_OPS, async (n) => {
-          for (let i = 0; i < n; i++) {
-            if ((await Effect.runPromise(typedL1.get(keyOf(i))))._tag === "None") check(undefined)
-          }
-        })
-    ],
+    ...l1Rows("cachekit TieredCache.get", (key) => tieredL1.get(key)),
+    ...l1Rows("cachekit Cache.get (typed) over tiers", (key) => typedL1.get(key)),
     [
       "bentocache get, L1 hit (memory + redis store)",
       () =>
