@@ -19,17 +19,20 @@ const warnings = () => {
   return { seen, layer: Logger.replace(Logger.defaultLogger, logger) }
 }
 
+/** A redis-server of the test's own (the test hangs it with SIGSTOP), resumed and killed with the scope. */
+const ownRedis = Effect.acquireRelease(Effect.promise(() => startRedis()), (s) =>
+  Effect.promise(() => {
+    s.signal("SIGCONT")
+    return s.kill()
+  }))
+
 describe("RedisSingleFlight circuit breaker over a hung Redis", () => {
   it.scoped.skipIf(!hasBinary("redis-server"))(
     "opens after N failures (one warning), computes without Redis while open, probes after the cool-down",
     () => {
       const logs = warnings()
       return Effect.gen(function*() {
-        const server = yield* Effect.acquireRelease(Effect.promise(() => startRedis()), (s) =>
-          Effect.promise(() => {
-            s.signal("SIGCONT")
-            return s.kill()
-          }))
+        const server = yield* ownRedis
         const flight = yield* RedisSingleFlight.make({
           port: server.port,
           prefix: "sf-breaker:",
@@ -85,11 +88,7 @@ describe("RedisSingleFlight circuit breaker over a hung Redis", () => {
     () => {
       const logs = warnings()
       return Effect.gen(function*() {
-        const server = yield* Effect.acquireRelease(Effect.promise(() => startRedis()), (s) =>
-          Effect.promise(() => {
-            s.signal("SIGCONT")
-            return s.kill()
-          }))
+        const server = yield* ownRedis
         const flight = yield* RedisSingleFlight.make({
           port: server.port,
           prefix: "sf-no-breaker:",
