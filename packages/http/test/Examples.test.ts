@@ -8,9 +8,10 @@ import { describe, expect, it } from "@effect/vitest"
 import { Data, Effect, Schedule } from "effect"
 import { spawn } from "node:child_process"
 import { readdirSync, readFileSync } from "node:fs"
-import * as net from "node:net"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
+import { canConnect } from "../../backends/test/servers.js"
+import { freePort } from "./fixtures/proxyRun.js"
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..")
 const examplesDir = path.join(root, "examples")
@@ -49,23 +50,7 @@ const expectClean = (run: Run) => {
   if (run.code !== 0) expect.fail(`exit code ${run.code}\nstdout:\n${run.stdout}\nstderr:\n${run.stderr}`)
 }
 
-const redisUp = Effect.async<boolean>((resume) => {
-  const socket = net.connect({ host: "127.0.0.1", port: 6379 })
-  socket.once("connect", () => {
-    socket.destroy()
-    resume(Effect.succeed(true))
-  })
-  socket.once("error", () => resume(Effect.succeed(false)))
-})
-
-const freePort = Effect.async<number>((resume) => {
-  const server = net.createServer()
-  server.listen(0, "127.0.0.1", () => {
-    const address = server.address()
-    const port = typeof address === "object" && address !== null ? address.port : 0
-    server.close(() => resume(Effect.succeed(port)))
-  })
-})
+const redisUp = Effect.promise(() => canConnect(6379))
 
 describe.concurrent("examples", () => {
   it("every example file is covered by a test here", () => {
