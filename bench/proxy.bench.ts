@@ -16,8 +16,7 @@
  *
  * The same file is the origin and the plain proxies: `--role origin|node-proxy`.
  */
-import type { ChildProcess } from "node:child_process"
-import { execFileSync, spawn } from "node:child_process"
+import { execFileSync } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
@@ -27,6 +26,7 @@ import { pipeline } from "node:stream"
 import { fileURLToPath } from "node:url"
 import { Agent, cacheStores, interceptors, request } from "undici"
 import { autocannon, type AutocannonResult } from "./lib/autocannon.js"
+import { type StartedProcess, startUntilUrl } from "./lib/processes.js"
 import { writeReadmeSection } from "./lib/readme.js"
 
 const KIB = 1024
@@ -130,11 +130,8 @@ const runNodeProxy = (upstream: string, cache: boolean) => {
 // The parent: start everything, measure, write the table
 // ---------------------------------------------------------------------------------------------
 
-interface Started {
+interface Started extends StartedProcess {
   readonly id: number
-  readonly name: string
-  readonly child: ChildProcess
-  readonly url: string
 }
 
 /**
@@ -170,28 +167,14 @@ const start = (
   args: ReadonlyArray<string>,
   parseUrl: (output: string) => string | undefined,
   cpu: "0" | "1" = "1"
-) =>
-  new Promise<Started>((resolve, reject) => {
-    const command = pinned ? "taskset" : process.execPath
-    const all = pinned ? ["-c", cpu, process.execPath, ...args] : args
-    const child = spawn(command, all, {
-      cwd: root,
-      stdio: ["ignore", "pipe", "pipe"]
-    })
-    let output = ""
-    const timer = setTimeout(() => reject(new Error(`${name} did not start:\n${output}`)), 90_000)
-    const onData = (data: Buffer) => {
-      output += data.toString("utf8")
-      const url = parseUrl(output)
-      if (url !== undefined) {
-        clearTimeout(timer)
-        resolve({ id: nextId++, name, child, url })
-      }
-    }
-    child.stdout!.on("data", onData)
-    child.stderr!.on("data", (data: Buffer) => (output += data.toString("utf8")))
-    child.on("exit", (code) => reject(new Error(`${name} exited with ${code}:\n${output}`)))
-  })
+): Promise<Started> =>
+  startUntilUrl(
+    name,
+    pinned ? "taskset" : process.execPath,
+    pinned ? ["-c", cpu, process.execPath, ...args] : args,
+    parseUrl,
+    { cwd: root }
+  ).then((started) => ({ ...started, id: nextId++ }))
 
 const portLine = (output: string) => {
   const match = /\{"port":(\d+)\}/.exec(output)

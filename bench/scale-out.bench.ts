@@ -19,7 +19,6 @@
  * part and leaves bench/README.md alone (the section is written from all parts).
  */
 import type { ChildProcess } from "node:child_process"
-import { spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
 import * as Http from "node:http"
 import * as Net from "node:net"
@@ -28,6 +27,7 @@ import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import { Agent, request } from "undici"
 import { autocannon, type AutocannonResult } from "./lib/autocannon.js"
+import { type StartedProcess, startUntilUrl } from "./lib/processes.js"
 import { writeReadmeSection } from "./lib/readme.js"
 
 const self = fileURLToPath(import.meta.url)
@@ -71,11 +71,7 @@ const runOrigin = () => {
 // Shared setup: processes
 // ---------------------------------------------------------------------------------------------
 
-interface Started {
-  readonly name: string
-  readonly child: ChildProcess
-  readonly url: string
-}
+type Started = StartedProcess
 
 const children: Array<ChildProcess> = []
 process.on("exit", () => children.forEach((c) => c.exitCode === null && c.kill("SIGKILL")))
@@ -86,28 +82,7 @@ const start = (
   args: ReadonlyArray<string>,
   env: Readonly<Record<string, string>>,
   parseUrl: (output: string) => string | undefined
-) =>
-  new Promise<Started>((resolve, reject) => {
-    const child = spawn(command, args, {
-      cwd: root,
-      stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, ...env }
-    })
-    children.push(child)
-    let output = ""
-    const timer = setTimeout(() => reject(new Error(`${name} did not start:\n${output}`)), 90_000)
-    const onData = (data: Buffer) => {
-      output += data.toString("utf8")
-      const url = parseUrl(output)
-      if (url !== undefined) {
-        clearTimeout(timer)
-        resolve({ name, child, url })
-      }
-    }
-    child.stdout!.on("data", onData)
-    child.stderr!.on("data", onData)
-    child.on("exit", (code) => reject(new Error(`${name} exited with ${code}:\n${output}`)))
-  })
+): Promise<Started> => startUntilUrl(name, command, args, parseUrl, { cwd: root, env, track: (c) => children.push(c) })
 
 const freePort = () =>
   new Promise<number>((resolve) => {
