@@ -135,6 +135,44 @@ describe.each(variants)("Cache on $name", ({ withCache }) => {
         })
       ))
 
+    it.effect("one effect value yielded by several fibers at once, and again after one was interrupted, reads for each", () =>
+      withCache((cache) =>
+        Effect.gen(function*() {
+          const text = cache.typed(Schema.String)
+          const release = yield* Deferred.make<void>()
+          const started = yield* Deferred.make<void>()
+          const slow = Effect.zipRight(Deferred.succeed(started, undefined), Deferred.await(release)).pipe(
+            Effect.as("computed")
+          )
+          const readOrCompute = text.getOrCompute("k", slow)
+          // The first fiber suspends inside `yield*` (awaiting the compute); the same effect value is
+          // then yielded by a second fiber and a third, which is interrupted while suspended.
+          const first = yield* Effect.fork(Effect.gen(function*() {
+            return yield* readOrCompute
+          }))
+          yield* Deferred.await(started)
+          const second = yield* Effect.fork(Effect.gen(function*() {
+            return yield* readOrCompute
+          }))
+          const third = yield* Effect.fork(Effect.gen(function*() {
+            return yield* readOrCompute
+          }))
+          yield* Effect.yieldNow()
+          yield* Fiber.interrupt(third)
+          yield* Deferred.succeed(release, undefined)
+          expect(yield* Fiber.join(first)).toBe("computed")
+          expect(yield* Fiber.join(second)).toBe("computed")
+          // the interrupted iteration left nothing behind: the same value reads the stored entry
+          yield* text.set("k", "later")
+          expect(yield* readOrCompute).toBe("later")
+          expect(
+            yield* Effect.gen(function*() {
+              return yield* readOrCompute
+            })
+          ).toBe("later")
+        })
+      ))
+
     it.effect("deletes a key", () =>
       withCache((cache) =>
         Effect.gen(function*() {

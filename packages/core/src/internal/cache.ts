@@ -243,8 +243,17 @@ class OwnEntry implements CacheEntry {
  * `Effect.suspend`), and additionally when an `Effect.gen` generator reaches `yield*` on it, so a hit
  * hands the generator a ready `Exit` and skips a trip through the fiber's run loop. Either way the
  * read happens at execution time, never when the effect is built.
+ *
+ * For that `yield*` the object is its own iterator and its own `YieldWrap` (the generator hands the
+ * object to the runtime, which asks it for the effect to run), so a hit allocates nothing besides
+ * this object. A second `yield*` of the same object while the first is still suspended (a miss
+ * awaited in another fiber) gets a fresh iterator instead.
  */
 class Lookup<A, E, R, P1, P2, P3> {
+  /** 1 between the iterator's first `next` (the lookup) and its second (the result). */
+  private state = 0
+  /** The effect the lookup returned, handed to the runtime through the `YieldWrap` protocol. */
+  private pending: Effect.Effect<A, E, R> | undefined = undefined
   // The step and its arguments are fields (not a closure) so that building the effect is one
   // allocation; no `extends` (the Effect prototype is attached below) so construction is plain.
   constructor(
@@ -258,7 +267,33 @@ class Lookup<A, E, R, P1, P2, P3> {
     return this.step(this.key, this.p1, this.p2, this.p3)
   }
   [Symbol.iterator](): Effect.EffectGenerator<Effect.Effect<A, E, R>> {
-    return new Utils.SingleShotGen(new Utils.YieldWrap(this.step(this.key, this.p1, this.p2, this.p3)))
+    if (this.state !== 0) {
+      return new Utils.SingleShotGen(new Utils.YieldWrap(this.step(this.key, this.p1, this.p2, this.p3)))
+    }
+    return this as unknown as Effect.EffectGenerator<Effect.Effect<A, E, R>>
+  }
+  next(value: unknown): IteratorResult<unknown> {
+    if (this.state === 0) {
+      this.pending = this.step(this.key, this.p1, this.p2, this.p3)
+      this.state = 1
+      return { value: this, done: false }
+    }
+    this.state = 0
+    this.pending = undefined
+    return { value, done: true }
+  }
+  return(value: unknown): IteratorResult<unknown> {
+    this.state = 0
+    this.pending = undefined
+    return { value, done: true }
+  }
+  throw(error: unknown): never {
+    this.state = 0
+    this.pending = undefined
+    throw error
+  }
+  [Utils.YieldWrapTypeId](): Effect.Effect<A, E, R> {
+    return this.pending!
   }
 }
 Object.setPrototypeOf(Lookup.prototype, Effectable.CommitPrototype)
