@@ -7,6 +7,15 @@
  * Eight counters are packed in each 32-bit word of a `Uint32Array`, so the whole sketch for a
  * cache of N entries takes about 8·N bytes and an update touches 4 words.
  *
+ * Layout: in a table over 32 KiB (a cache of more than 1,024 entries at MemoryBackend's width) a key's
+ * four counters lie in one 64-byte block (16 words, one cache line), one counter in each quarter of
+ * the block, so an update or an estimate touches one cache line instead of four. Such a table does
+ * not fit in a core's first-level cache, and on a hit path of ~150 ns the four scattered loads cost
+ * ~30 ns; one line costs one. The same idea as Caffeine's block-based frequency sketch. Smaller
+ * tables keep one independent row hash per counter (`blocked: false` forces that layout; `true`
+ * forces blocks). At 1,000 entries, forced blocks scored within 0.1 point of the unblocked layout
+ * on every main trace of bench/hit-ratio (Zipf 0.9: 46.18% both) and -0.37 on one scan variant.
+ *
  * Keys are given as 32-bit hashes (the policy caches each entry's hash, so a hit hashes nothing).
  *
  * @internal
@@ -29,6 +38,16 @@ const popcount = (v: number): number => {
   return (Math.imul((v + (v >>> 4)) & 0x0f0f0f0f, 0x01010101) >>> 24)
 }
 
+/** Tables larger than this are blocked by default. */
+const BLOCKED_ABOVE_BYTES = 32 * 1024
+
+/**
+ * Where a key's counters sit inside its block: one byte per row (2 bits pick the word in the row's
+ * quarter, 3 bits the counter in the word), from a second hash of the key so that the choice does
+ * not correlate with the block.
+ */
+const counterBits = (hash: number): number => Math.imul(hash ^ (hash >>> 15), SEED_1)
+
 const ceilingPowerOfTwo = (n: number): number => {
   let p = 1
   while (p < n) p *= 2
@@ -37,8 +56,10 @@ const ceilingPowerOfTwo = (n: number): number => {
 
 export class CountMinSketch {
   private readonly table: Uint32Array
-  /** 32 - log2(number of counters): `imul(hash, seed) >>> shift` is a counter index. */
+  /** 32 - log2(number of counters): `imul(hash, seed) >>> shift` is a counter index (unblocked layout). */
   private readonly shift: number
+  /** 32 - log2(number of 16-word blocks): `imul(hash, SEED_0) >>> blockShift` is a block; -1 = unblocked. */
+  private readonly blockShift: number
   /** Increments between two agings. */
   readonly sampleSize: number
   private additions = 0
@@ -58,14 +79,23 @@ export class CountMinSketch {
     readonly countersPerEntry?: number | undefined
     readonly doorkeeper?: boolean | undefined
     readonly conservative?: boolean | undefined
+    readonly blocked?: boolean | undefined
   } = {}) {
     this.conservative = options.conservative ?? false
     const entries = Math.max(16, Math.min(Math.floor(expectedEntries), 1 << 24))
     // counters per expected entry (8 per word), rounded to a power of two for masking.
     // At most 2^22 words (16 MiB) whatever the cache size.
-    const words = Math.min(1 << 22, ceilingPowerOfTwo(Math.ceil((entries * (options.countersPerEntry ?? 16)) / 8)))
+    // At least two blocks of 16 words (a shift of 32 would be a shift of 0 in JavaScript).
+    const words = Math.min(
+      1 << 22,
+      Math.max(32, ceilingPowerOfTwo(Math.ceil((entries * (options.countersPerEntry ?? 16)) / 8)))
+    )
     this.table = new Uint32Array(words)
     this.shift = 32 - Math.log2(words * 8)
+    // Blocking pays once the table outgrows a core's first-level data cache (32 KiB is common); a
+    // smaller table stays unblocked, where independent rows collide a little less.
+    const blocked = options.blocked ?? words * 4 > BLOCKED_ABOVE_BYTES
+    this.blockShift = blocked ? 32 - Math.log2(words / 16) : -1
     this.sampleSize = Math.max(16, Math.floor((options.sampleFactor ?? 10) * entries))
     // About 8 bits per sampled key: false positives stay low while a sample fills it.
     const doorkeeperWords = options.doorkeeper === true ? ceilingPowerOfTwo(Math.ceil(this.sampleSize / 4)) : 0
@@ -76,16 +106,36 @@ export class CountMinSketch {
   /** The estimated number of increments of `hash` since aging last halved it (0..15). */
   frequency(hash: number): number {
     const t = this.table
-    const sh = this.shift
-    let c = Math.imul(hash, SEED_0) >>> sh
-    let min = (t[c >>> 3]! >>> ((c & 7) << 2)) & 15
-    c = Math.imul(hash, SEED_1) >>> sh
-    min = Math.min(min, (t[c >>> 3]! >>> ((c & 7) << 2)) & 15)
-    c = Math.imul(hash, SEED_2) >>> sh
-    min = Math.min(min, (t[c >>> 3]! >>> ((c & 7) << 2)) & 15)
-    c = Math.imul(hash, SEED_3) >>> sh
-    min = Math.min(min, (t[c >>> 3]! >>> ((c & 7) << 2)) & 15)
+    let min: number
+    if (this.blockShift >= 0) {
+      const base = (Math.imul(hash, SEED_0) >>> this.blockShift) << 4
+      const bits = counterBits(hash)
+      min = (t[base | (bits & 3)]! >>> (((bits >>> 2) & 7) << 2)) & 15
+      min = Math.min(min, (t[base | 4 | ((bits >>> 8) & 3)]! >>> (((bits >>> 10) & 7) << 2)) & 15)
+      min = Math.min(min, (t[base | 8 | ((bits >>> 16) & 3)]! >>> (((bits >>> 18) & 7) << 2)) & 15)
+      min = Math.min(min, (t[base | 12 | ((bits >>> 24) & 3)]! >>> (((bits >>> 26) & 7) << 2)) & 15)
+    } else {
+      const sh = this.shift
+      let c = Math.imul(hash, SEED_0) >>> sh
+      min = (t[c >>> 3]! >>> ((c & 7) << 2)) & 15
+      c = Math.imul(hash, SEED_1) >>> sh
+      min = Math.min(min, (t[c >>> 3]! >>> ((c & 7) << 2)) & 15)
+      c = Math.imul(hash, SEED_2) >>> sh
+      min = Math.min(min, (t[c >>> 3]! >>> ((c & 7) << 2)) & 15)
+      c = Math.imul(hash, SEED_3) >>> sh
+      min = Math.min(min, (t[c >>> 3]! >>> ((c & 7) << 2)) & 15)
+    }
     return this.doorkeeper.length === 0 || min === 15 ? min : min + (this.inDoorkeeper(hash) ? 1 : 0)
+  }
+
+  /** Counter number (word * 8 + nibble) of `hash` in row `row` (0..3), in either layout. */
+  private counterOf(hash: number, row: number): number {
+    if (this.blockShift < 0) {
+      return Math.imul(hash, row === 0 ? SEED_0 : row === 1 ? SEED_1 : row === 2 ? SEED_2 : SEED_3) >>> this.shift
+    }
+    const bits = counterBits(hash) >>> (row << 3)
+    const word = ((Math.imul(hash, SEED_0) >>> this.blockShift) << 4) | (row << 2) | (bits & 3)
+    return (word << 3) | ((bits >>> 2) & 7)
   }
 
   private inDoorkeeper(hash: number): boolean {
@@ -123,11 +173,10 @@ export class CountMinSketch {
       // Conservative update: only the counters at the current minimum grow, so collisions inflate
       // estimates much less for the same width.
       const t = this.table
-      const sh = this.shift
-      const h0 = Math.imul(hash, SEED_0) >>> sh
-      const h1 = Math.imul(hash, SEED_1) >>> sh
-      const h2 = Math.imul(hash, SEED_2) >>> sh
-      const h3 = Math.imul(hash, SEED_3) >>> sh
+      const h0 = this.counterOf(hash, 0)
+      const h1 = this.counterOf(hash, 1)
+      const h2 = this.counterOf(hash, 2)
+      const h3 = this.counterOf(hash, 3)
       const c0 = (t[h0 >>> 3]! >>> ((h0 & 7) << 2)) & 15
       const c1 = (t[h1 >>> 3]! >>> ((h1 & 7) << 2)) & 15
       const c2 = (t[h2 >>> 3]! >>> ((h2 & 7) << 2)) & 15
@@ -140,11 +189,10 @@ export class CountMinSketch {
       if (c3 === min) this.incrementAt(h3)
       added = 1
     } else {
-      const sh = this.shift
-      added = this.incrementAt(Math.imul(hash, SEED_0) >>> sh) |
-        this.incrementAt(Math.imul(hash, SEED_1) >>> sh) |
-        this.incrementAt(Math.imul(hash, SEED_2) >>> sh) |
-        this.incrementAt(Math.imul(hash, SEED_3) >>> sh)
+      added = this.incrementAt(this.counterOf(hash, 0)) |
+        this.incrementAt(this.counterOf(hash, 1)) |
+        this.incrementAt(this.counterOf(hash, 2)) |
+        this.incrementAt(this.counterOf(hash, 3))
     }
     if (added !== 0 && ++this.additions >= this.sampleSize) this.reset()
   }

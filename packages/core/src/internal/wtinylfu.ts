@@ -68,6 +68,8 @@ export interface WTinyLfuOptions<K, V> {
   readonly climber?: "probing" | "caffeine" | undefined
   /** Conservative update in the sketch (only the minimal counters grow). */
   readonly conservative?: boolean | undefined
+  /** A key's sketch counters in one cache line (default true); false spreads them over the table. */
+  readonly blockedSketch?: boolean | undefined
   /** Requests per hill-climbing sample, in multiples of `maxEntries` (20 by default; 10 for "caffeine"). */
   readonly climbSampleFactor?: number | undefined
   /** Hash of a key; strings and integers are handled by default. */
@@ -200,7 +202,8 @@ export class WTinyLfu<K, V> {
       sampleFactor: options.sampleFactor ?? DEFAULT_SAMPLE_FACTOR,
       countersPerEntry: options.countersPerEntry ?? DEFAULT_COUNTERS_PER_ENTRY,
       doorkeeper: options.doorkeeper,
-      conservative: options.conservative
+      conservative: options.conservative,
+      blocked: options.blockedSketch
     })
     const climbSampleFactor = options.climbSampleFactor ??
       (options.climber === "caffeine" ? CAFFEINE_CLIMB_SAMPLE_FACTOR : DEFAULT_CLIMB_SAMPLE_FACTOR)
