@@ -264,7 +264,8 @@ const readCanonicalHeader = (bytes: Uint8Array, start: number, end: number): Wir
         if (!r.ok || !r.byte(COLON)) return undefined
         const v = r.string()
         // JSON.parse makes "__proto__" an own key and keeps the last of repeated keys: leave both to it
-        if (!r.ok || k === "__proto__" || k in meta) return undefined
+        // (own keys only: "constructor" and the like are inherited by every object, not repeats)
+        if (!r.ok || k === "__proto__" || Object.hasOwn(meta, k)) return undefined
         meta[k] = v
       } while (r.peek() === COMMA && r.byte(COMMA))
     }

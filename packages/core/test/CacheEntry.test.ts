@@ -159,5 +159,14 @@ describe("CacheEntry wire format", () => {
         )
       )
     })
+
+    it("takes meta keys that objects inherit (constructor, toString) as ordinary keys", () => {
+      // found by the property above (seed 719732714): `k in meta` saw Object.prototype's keys as repeats
+      const meta = { constructor: "", toString: "x", hasOwnProperty: "y" }
+      const entry = CacheEntry.make({ value: new Uint8Array([1]), createdAt: 1, expiresAt: 2, tags: [], meta })
+      const bytes = CacheEntry.encode(entry)
+      expect(CacheEntry.decodeHeaderFast(bytes)?.meta).toEqual(meta)
+      expect(Either.getOrThrow(CacheEntry.decodeHeaderSlowly(bytes)).meta).toEqual(meta)
+    })
   })
 })
