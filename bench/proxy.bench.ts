@@ -257,10 +257,13 @@ const runOnce = async (
   }
 }
 
-/** Serves 200 hits of the 50 MiB body (4 at a time); RSS before and the peak while serving. */
+/**
+ * Serves 200 hits of the 50 MiB body (4 at a time); RSS before and the peak while serving, and the
+ * proxy's CPU time meanwhile (next to the wall time: whether the proxy's core was the limit).
+ */
 const rssUnderLargeHits = async (
   proxy: Started
-): Promise<{ readonly base: number; readonly peak: number; readonly seconds: number }> => {
+): Promise<{ readonly base: number; readonly peak: number; readonly seconds: number; readonly cpuSeconds: number }> => {
   const url = `${proxy.url}/50m`
   const drain = async () => {
     const res = await request(url)
@@ -276,6 +279,7 @@ const rssUnderLargeHits = async (
   let peak = base
   const sampler = setInterval(() => (peak = Math.max(peak, rssMiB(pid))), 10)
   let next = 0
+  const cpuBefore = cpuMillis(pid)
   const started = performance.now()
   const worker = async () => {
     while (next < 200) {
@@ -286,8 +290,9 @@ const rssUnderLargeHits = async (
   await Promise.all([worker(), worker(), worker(), worker()])
   clearInterval(sampler)
   const seconds = (performance.now() - started) / 1000
+  const cpuSeconds = (cpuMillis(pid) - cpuBefore) / 1000
   peak = Math.max(peak, rssMiB(pid))
-  return { base, peak, seconds }
+  return { base, peak, seconds, cpuSeconds }
 }
 
 const fmt = (n: number, digits = 0) =>
@@ -386,16 +391,16 @@ const main = async () => {
     }
   }
 
-  const rss: Array<{ name: string; base: number; peak: number; seconds: number }> = []
+  const rss: Array<{ name: string; base: number; peak: number; seconds: number; cpuSeconds: number }> = []
   // BENCH_SKIP_RSS=1 skips the 50 MiB phase while iterating; it then writes nothing to the README.
   const skipRss = process.env["BENCH_SKIP_RSS"] === "1"
   for (const proxy of skipRss ? [] : proxies.slice(0, 3)) {
-    const { base, peak, seconds } = await rssUnderLargeHits(proxy)
-    rss.push({ name: proxy.name, base, peak, seconds })
+    const { base, cpuSeconds, peak, seconds } = await rssUnderLargeHits(proxy)
+    rss.push({ name: proxy.name, base, peak, seconds, cpuSeconds })
     console.log(
       `${proxy.name}: RSS ${fmt(base)} MiB before, peak ${fmt(peak)} MiB during 200 hits of 50 MiB (${
         fmt(seconds, 1)
-      } s)`
+      } s, proxy CPU ${fmt(cpuSeconds, 1)} s)`
     )
   }
   stop()
@@ -430,10 +435,12 @@ const main = async () => {
     `${body}/c${connections}: ${results.map((r, i) => `${names[i]} ${r.originRequests}`).join(", ")}`
   )
   const rssTable = [
-    "| proxy | RSS before (MiB) | peak RSS during 200 hits of 50 MiB (MiB) | growth (MiB) | 200 hits took (s) |",
-    "|---|---:|---:|---:|---:|",
+    "| proxy | RSS before (MiB) | peak RSS during 200 hits of 50 MiB (MiB) | growth (MiB) | 200 hits took (s) | proxy CPU meanwhile (s) |",
+    "|---|---:|---:|---:|---:|---:|",
     ...rss.map((r) =>
-      `| ${r.name} | ${fmt(r.base)} | ${fmt(r.peak)} | ${fmt(r.peak - r.base)} | ${fmt(r.seconds, 1)} |`
+      `| ${r.name} | ${fmt(r.base)} | ${fmt(r.peak)} | ${fmt(r.peak - r.base)} | ${fmt(r.seconds, 1)} | ${
+        fmt(r.cpuSeconds, 1)
+      } |`
     )
   ]
   const date = new Date().toISOString().slice(0, 10)
@@ -456,7 +463,7 @@ const main = async () => {
     "",
     `Requests that reached the origin during the measured runs (0 = every request was a hit): ${originRow.join("; ")}.`,
     "",
-    "Peak RSS of the proxy process (sampled every 10 ms from /proc) while it serves 200 hits of a 50 MiB body, 4 at a time; \"before\" is after the miss that stored it.",
+    "Peak RSS of the proxy process (sampled every 10 ms from /proc) while it serves 200 hits of a 50 MiB body, 4 at a time; \"before\" is after the miss that stored it. The last column is the proxy's CPU time (user + system) during those hits: close to the wall time, the proxy's one core was the limit.",
     "",
     ...rssTable,
     ""

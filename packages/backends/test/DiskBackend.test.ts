@@ -351,6 +351,123 @@ describe("DiskBackend", () => {
         expect(calls).toBe(0)
       }))
 
+    it.scoped("getStream's lendTo: each chunk to a callback through one reused buffer, the next read after done", () =>
+      Effect.gen(function*() {
+        const dir = yield* tempDir
+        const { backend } = yield* open({ directory: dir })
+        const value = new Uint8Array(randomBytes(700_000))
+        yield* backend.set("a", yield* entry(value))
+        const copies: Array<Uint8Array> = []
+        const buffers = new Set<ArrayBufferLike>()
+        let lent = false
+        const found = Option.getOrThrow(yield* backend.streaming!.getStream("a"))
+        yield* found.lendTo!<never>((chunk, done) => {
+          // one chunk at a time: the previous one was given back before this one was read
+          expect(lent).toBe(false)
+          lent = true
+          buffers.add(chunk.buffer)
+          copies.push(new Uint8Array(chunk))
+          // given back later, as a socket's write callback would; spoiled first, as a reuse would
+          setImmediate(() => {
+            chunk.fill(0)
+            lent = false
+            done(undefined)
+          })
+        })
+        expect(copies.length).toBe(Math.ceil(value.byteLength / (64 * 1024)))
+        expect(Buffer.concat(copies).equals(Buffer.from(value))).toBe(true)
+        expect(buffers.size).toBe(1)
+        // a finished read's buffer serves the next one
+        const next = Option.getOrThrow(yield* backend.streaming!.getStream("a"))
+        yield* next.lendTo!<never>((chunk, done) => {
+          buffers.add(chunk.buffer)
+          done(undefined)
+        })
+        expect(buffers.size).toBe(1)
+      }))
+
+    it.scoped("lendTo: a bit flip mid-body reaches write, then DecodeError removes the body", () =>
+      Effect.gen(function*() {
+        const dir = yield* tempDir
+        const { backend } = yield* open({ directory: dir })
+        const value = body(1024 * 1024, 5)
+        yield* backend.set("a", yield* entry(value))
+        yield* flipAt(contentFile(dir, value), 512 * 1024, value[512 * 1024]!)
+        let received = 0
+        const found = Option.getOrThrow(yield* backend.streaming!.getStream("a"))
+        const result = yield* Effect.either(found.lendTo!<never>((chunk, done) => {
+          received += chunk.byteLength
+          done(undefined)
+        }))
+        expect(received).toBe(value.byteLength)
+        expect(Either.isLeft(result) && result.left._tag).toBe("DecodeError")
+        expect(Option.isNone(yield* backend.get("a"))).toBe(true)
+        expect(yield* Effect.promise(() => listFiles(path.join(dir, "content")))).toEqual([])
+      }))
+
+    it.scoped("lendTo: an error passed to done stops the read with it; the entry stays, the buffer is not reused", () =>
+      Effect.gen(function*() {
+        const dir = yield* tempDir
+        const { backend } = yield* open({ directory: dir })
+        const value = body(500_000, 13)
+        yield* backend.set("a", yield* entry(value))
+        let calls = 0
+        const held = new Set<ArrayBufferLike>()
+        const found = Option.getOrThrow(yield* backend.streaming!.getStream("a"))
+        const result = yield* Effect.either(found.lendTo!<"socket gone">((chunk, done) => {
+          held.add(chunk.buffer)
+          done(++calls === 2 ? "socket gone" : undefined)
+        }))
+        expect(Either.isLeft(result) && result.left).toBe("socket gone")
+        expect(calls).toBe(2)
+        const next = Option.getOrThrow(yield* backend.streaming!.getStream("a"))
+        yield* next.lendTo!<never>((chunk, done) => {
+          held.add(chunk.buffer)
+          done(undefined)
+        })
+        expect(held.size).toBe(2)
+        expect(Buffer.from(Option.getOrThrow(yield* backend.get("a")).value).equals(Buffer.from(value))).toBe(true)
+      }))
+
+    it.scoped("lendTo: interrupted while a chunk is lent, no further chunk is read or written", () =>
+      Effect.gen(function*() {
+        const dir = yield* tempDir
+        const { backend } = yield* open({ directory: dir })
+        const value = body(500_000, 7)
+        yield* backend.set("a", yield* entry(value))
+        let calls = 0
+        const first = yield* Deferred.make<void>()
+        const found = Option.getOrThrow(yield* backend.streaming!.getStream("a"))
+        const fiber = yield* Effect.fork(found.lendTo!<never>(() => {
+          calls++
+          // never given back: the consumer hangs on its first chunk
+          Effect.runSync(Deferred.succeed(first, undefined))
+        }))
+        yield* Deferred.await(first)
+        yield* Fiber.interrupt(fiber)
+        yield* Effect.promise(() => new Promise((r) => setTimeout(r, 20)))
+        expect(calls).toBe(1)
+        // the store still serves it
+        expect(Buffer.from(Option.getOrThrow(yield* backend.get("a")).value).equals(Buffer.from(value))).toBe(true)
+      }))
+
+    it.scoped("lendTo: a body truncated after getStream answered fails before anything is written", () =>
+      Effect.gen(function*() {
+        const dir = yield* tempDir
+        const { backend } = yield* open({ directory: dir })
+        const large = body(300_000, 11)
+        yield* backend.set("large", yield* entry(large))
+        let writes = 0
+        const answered = Option.getOrThrow(yield* backend.streaming!.getStream("large"))
+        yield* Effect.promise(() => fs.truncate(contentFile(dir, large), 200_000))
+        const result = yield* Effect.either(answered.lendTo!<never>((_, done) => {
+          writes++
+          done(undefined)
+        }))
+        expect(Either.isLeft(result) && result.left._tag).toBe("DecodeError")
+        expect(writes).toBe(0)
+      }))
+
     it.scoped("on a backend without a disk store it reads through get", () =>
       Effect.gen(function*() {
         const memory = yield* MemoryBackend.make()

@@ -68,7 +68,20 @@ export interface StreamedEntry {
   readonly readInto?:
     | (<E, R>(f: (chunk: Uint8Array) => Effect.Effect<void, E, R>) => Effect.Effect<void, CacheError | E, R>)
     | undefined
+  /**
+   * Optional, `readInto` for a consumer that takes chunks through a callback, so that no effect
+   * runs per chunk (a 50 MiB body is 800 chunks of 64 KiB; the proxy writes them to its sockets).
+   * Same lending, checks and consume-once rule as `readInto`; the read fails with the error a
+   * `write` passes to `done`. The disk backend offers it.
+   */
+  readonly lendTo?: (<E>(write: LentChunkWriter<E>) => Effect.Effect<void, CacheError | E>) | undefined
 }
+
+/**
+ * Takes one chunk of a lending read (`StreamedEntry.lendTo`): the chunk is valid until `done` is
+ * called; `done(undefined)` asks for the next chunk, `done(error)` stops the read with `error`.
+ */
+export type LentChunkWriter<E> = (chunk: Uint8Array, done: (error: E | undefined) => void) => void
 
 /** Streaming bodies: read and write large values without holding them in memory. */
 export interface StreamingCapability {

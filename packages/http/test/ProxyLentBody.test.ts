@@ -43,15 +43,22 @@ const routes: Routes = {
 
 interface Lent {
   calls: number
+  /** Calls through `lendTo` (chunks to a callback), of `calls`. */
+  callbackCalls: number
   chunks: number
   bytes: number
+}
+
+/** Spoils a lent chunk once its consumer is done with it, as a reuse of its buffer would. */
+const spoil = (chunk: Uint8Array) => {
+  for (let i = 0; i < chunk.byteLength; i++) chunk[i] = chunk[i]! ^ 0xff
 }
 
 /**
  * `backend` whose streamed reads count lent chunks, spoil each one once its consumer is done with it,
  * and refuse their Effect stream when they can lend.
  */
-const spied = (backend: CacheBackend.CacheBackend, lent: Lent): CacheBackend.CacheBackend => {
+const spied = (backend: CacheBackend.CacheBackend, lent: Lent, offerLendTo: boolean): CacheBackend.CacheBackend => {
   const streaming = backend.streaming!
   return {
     ...backend,
@@ -62,6 +69,7 @@ const spied = (backend: CacheBackend.CacheBackend, lent: Lent): CacheBackend.Cac
           streaming.getStream(key),
           Option.map((found): CacheBackend.StreamedEntry => {
             const readInto = found.readInto
+            const lendTo = found.lendTo
             if (readInto === undefined) return found
             return {
               entry: found.entry,
@@ -73,12 +81,24 @@ const spied = (backend: CacheBackend.CacheBackend, lent: Lent): CacheBackend.Cac
                   lent.bytes += chunk.byteLength
                   // the chunk is lent until f completes: spoil it then, as a reuse of its buffer would
                   // (the disk has hashed it already), so a consumer that kept a view sends wrong bytes
-                  return Effect.tap(f(chunk), () =>
-                    Effect.sync(() => {
-                      for (let i = 0; i < chunk.byteLength; i++) chunk[i] = chunk[i]! ^ 0xff
-                    }))
+                  return Effect.tap(f(chunk), () => Effect.sync(() => spoil(chunk)))
                 }) as Effect.Effect<void, CacheError.CacheError | E, R>
-              }
+              },
+              lendTo: lendTo === undefined || !offerLendTo ?
+                undefined :
+                <E>(write: CacheBackend.LentChunkWriter<E>) => {
+                  lent.calls++
+                  lent.callbackCalls++
+                  return lendTo<E>((chunk, done) => {
+                    lent.chunks++
+                    lent.bytes += chunk.byteLength
+                    // lent until done: spoiled then, as above
+                    write(chunk, (error) => {
+                      spoil(chunk)
+                      done(error)
+                    })
+                  })
+                }
             }
           })
         )
@@ -87,27 +107,29 @@ const spied = (backend: CacheBackend.CacheBackend, lent: Lent): CacheBackend.Cac
 }
 
 /** The proxy over the default backend in a temp dir, with the spy between them. */
-const rig = Effect.gen(function*() {
-  const dir = yield* tempDir
-  const cache = yield* proxyBackends.make({
-    backend: proxyBackends.defaults.backend,
-    memoryMaxBytes: Option.none(),
-    l1MaxEntrySize: Option.none(),
-    diskDir: Option.some(dir),
-    bus: "auto",
-    demo: false
-  })
-  const lent: Lent = { calls: 0, chunks: 0, bytes: 0 }
-  const origin = yield* OriginTag
-  const proxy = yield* Layer.build(
-    Proxy.layerCaching({ upstream: origin.url, port: 0 }).pipe(
-      Layer.provide(Layer.succeed(CacheBackend.CacheBackendTag, spied(cache.backend, lent))),
-      Layer.provide(NodeHttpClient.layerUndici)
+const rigWith = (offerLendTo: boolean) =>
+  Effect.gen(function*() {
+    const dir = yield* tempDir
+    const cache = yield* proxyBackends.make({
+      backend: proxyBackends.defaults.backend,
+      memoryMaxBytes: Option.none(),
+      l1MaxEntrySize: Option.none(),
+      diskDir: Option.some(dir),
+      bus: "auto",
+      demo: false
+    })
+    const lent: Lent = { calls: 0, callbackCalls: 0, chunks: 0, bytes: 0 }
+    const origin = yield* OriginTag
+    const proxy = yield* Layer.build(
+      Proxy.layerCaching({ upstream: origin.url, port: 0 }).pipe(
+        Layer.provide(Layer.succeed(CacheBackend.CacheBackendTag, spied(cache.backend, lent, offerLendTo))),
+        Layer.provide(NodeHttpClient.layerUndici)
+      )
     )
-  )
-  const url = `${Context.get(proxy, Proxy.ProxyTag).url}/big`
-  return { dir, lent, origin, url }
-})
+    const url = `${Context.get(proxy, Proxy.ProxyTag).url}/big`
+    return { dir, lent, origin, url }
+  })
+const rig = rigWith(true)
 
 /** A GET read with node:http that tells a clean end from a connection cut mid-body. */
 const getRaw = (url: string) =>
@@ -164,10 +186,23 @@ describe("Proxy: a disk-only body is served through the backend's lending read",
       }
       expect(lent.bytes).toBe(2 * SIZE)
       expect(lent.chunks).toBe(2 * Math.ceil(SIZE / (64 * 1024)))
+      // the disk offers chunks to a callback: the proxy takes that read (no effect per chunk)
+      expect(lent.callbackCalls).toBe(2)
       expect(yield* origin.count("/big")).toBe(1)
       // HEAD of the same entry: headers only, through the existing path
       const head = yield* fetchVia(url, { dispatcher, method: "HEAD" })
       expect([head.status, head.body.byteLength, lent.calls]).toEqual([200, 0, 2])
+    }).pipe(Effect.provide(layerOrigin(routes))))
+
+  it.scopedLive("a backend that lends through readInto only (no lendTo) is served the same way", () =>
+    Effect.gen(function*() {
+      const { lent, url } = yield* rigWith(false)
+      const dispatcher = yield* agent
+      yield* fetchVia(url, { dispatcher })
+      const hit = yield* fetchVia(url, { dispatcher })
+      expect(hit.headers["cache-status"]).toContain("hit")
+      expect(hit.body.equals(body)).toBe(true)
+      expect([lent.calls, lent.callbackCalls, lent.bytes]).toEqual([1, 0, SIZE])
     }).pipe(Effect.provide(layerOrigin(routes))))
 
   it.scopedLive("concurrent hits of two bodies each get their own bytes (lent buffers are reused between reads)", () =>

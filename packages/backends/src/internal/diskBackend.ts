@@ -5,7 +5,7 @@ import type { Scope } from "effect"
 import { Clock, Effect, Exit, Option, Stream } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { constants as fsConstants } from "node:fs"
-import { createReadStream } from "node:fs"
+import { createReadStream, read as readCallback } from "node:fs"
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 
@@ -121,17 +121,15 @@ export const makeDiskBackend = (
     }
     const tmpPath = () => path.join(tmpDir, `${Date.now().toString(36)}-${randomBytes(8).toString("hex")}`)
 
+    const ioError = (operation: string, cause: unknown) =>
+      CacheError.backendUnavailable(
+        name,
+        operation,
+        cause,
+        `check that ${directory} exists, is writable and has free space`
+      )
     const io = <A>(operation: string, f: () => Promise<A>): Effect.Effect<A, CacheError.CacheError> =>
-      Effect.tryPromise({
-        try: f,
-        catch: (cause) =>
-          CacheError.backendUnavailable(
-            name,
-            operation,
-            cause,
-            `check that ${directory} exists, is writable and has free space`
-          )
-      })
+      Effect.tryPromise({ try: f, catch: (cause) => ioError(operation, cause) })
     /** Removes a file; a file already gone is fine. */
     const removeFile = (file: string) => Effect.promise(() => fs.rm(file, { force: true }).catch(() => undefined))
 
@@ -408,18 +406,23 @@ export const makeDiskBackend = (
         (record) => record === undefined ? Effect.succeedNone : readRecordInto(key, record, f)
       )
 
-    /** `readInto` of a record already looked up (also the `readInto` of a `getStream` answer). */
-    const readRecordInto = <E, R>(
+    /**
+     * The part `readInto` and `lendTo` share: a missing or truncated body is a miss before anything
+     * is lent, a body of one chunk is verified and handed to `single` whole, a larger one is opened
+     * and handed to `chunked` (which checks its digest at the end).
+     */
+    const readRecordWith = <E, R>(
       key: string,
       record: IndexRecord,
-      f: (chunk: Uint8Array) => Effect.Effect<void, E, R>
+      single: (whole: Uint8Array) => Effect.Effect<void, E, R>,
+      chunked: (fh: fs.FileHandle) => Effect.Effect<void, CacheError.CacheError | E, R>
     ): Effect.Effect<Option.Option<CacheEntry.CacheEntry>, CacheError.CacheError | E, R> =>
       Effect.gen(function*() {
         if (record.size <= options.chunkSize) {
-          // one chunk: verified before `f` sees a byte, like getStream
+          // one chunk: verified before anything sees a byte, like getStream
           const whole = yield* readVerified(key, record)
           if (Option.isNone(whole)) return whole
-          yield* f(whole.value.value)
+          yield* single(whole.value.value)
           return Option.some(toEntry(record, EMPTY))
         }
         const opened = yield* Effect.either(io("open", () => fs.open(contentPath(record.digest), "r")))
@@ -435,35 +438,118 @@ export const makeDiskBackend = (
             Effect.gen(function*() {
               const stat = yield* io("stat", () => fh.stat())
               if (stat.size !== record.size) {
-                // a truncated body is caught before `f` sees a byte
+                // a truncated body is caught before anything sees a byte
                 yield* discardCorrupt(record, "truncated")
                 misses++
                 return Option.none()
               }
               hits++
-              const buffer = spareBuffers.pop() ?? Buffer.allocUnsafeSlow(options.chunkSize)
-              const hash = createHash("sha256")
-              let position = 0
-              while (position < record.size) {
-                const length = Math.min(options.chunkSize, record.size - position)
-                const { bytesRead } = yield* io("read", () => fh.read(buffer, 0, length, position))
-                if (bytesRead === 0) break
-                const chunk = buffer.subarray(0, bytesRead)
-                hash.update(chunk)
-                position += bytesRead
-                yield* f(chunk)
-              }
-              // every `f` completed: nothing holds the buffer any more (one that failed or was
-              // interrupted mid-chunk may still be referenced, and is left to the collector)
-              if (spareBuffers.length < SPARE_BUFFERS) spareBuffers.push(buffer)
-              if (position !== record.size || hash.digest("hex") !== record.digest) {
-                return yield* failedWhileReading(record, "reading")
-              }
+              yield* chunked(fh)
               return Option.some(toEntry(record, EMPTY))
             }),
           (fh) => Effect.promise(() => fh.close().catch(() => undefined))
         )
       })
+
+    /** `readInto` of a record already looked up (also the `readInto` of a `getStream` answer). */
+    const readRecordInto = <E, R>(
+      key: string,
+      record: IndexRecord,
+      f: (chunk: Uint8Array) => Effect.Effect<void, E, R>
+    ): Effect.Effect<Option.Option<CacheEntry.CacheEntry>, CacheError.CacheError | E, R> =>
+      readRecordWith(key, record, f, (fh) =>
+        Effect.gen(function*() {
+          const buffer = spareBuffers.pop() ?? Buffer.allocUnsafeSlow(options.chunkSize)
+          const hash = createHash("sha256")
+          let position = 0
+          while (position < record.size) {
+            const length = Math.min(options.chunkSize, record.size - position)
+            const { bytesRead } = yield* io("read", () => fh.read(buffer, 0, length, position))
+            if (bytesRead === 0) break
+            const chunk = buffer.subarray(0, bytesRead)
+            hash.update(chunk)
+            position += bytesRead
+            yield* f(chunk)
+          }
+          // every `f` completed: nothing holds the buffer any more (one that failed or was
+          // interrupted mid-chunk may still be referenced, and is left to the collector)
+          if (spareBuffers.length < SPARE_BUFFERS) spareBuffers.push(buffer)
+          if (position !== record.size || hash.digest("hex") !== record.digest) {
+            return yield* failedWhileReading(record, "reading")
+          }
+        }))
+
+    /**
+     * `lendTo` of a record already looked up: the loop of `readRecordInto` as plain callbacks (a
+     * positional read into the reused buffer, `write`, the next read from `write`'s `done`), one
+     * effect for the whole body instead of a few per chunk. Per-chunk garbage is what made the
+     * proxy's young generation grow back while it served large disk hits (bench/README.md, "Proxy").
+     */
+    const lendRecordTo = <E>(
+      key: string,
+      record: IndexRecord,
+      write: CB.LentChunkWriter<E>
+    ): Effect.Effect<Option.Option<CacheEntry.CacheEntry>, CacheError.CacheError | E> =>
+      readRecordWith(
+        key,
+        record,
+        (whole) =>
+          Effect.async<void, E>((resume) =>
+            write(whole, (error) => resume(error === undefined ? Effect.void : Effect.fail(error)))
+          ),
+        (fh) =>
+          Effect.flatMap(
+            Effect.async<boolean, CacheError.CacheError | E>((resume) => {
+              const buffer = spareBuffers.pop() ?? Buffer.allocUnsafeSlow(options.chunkSize)
+              const hash = createHash("sha256")
+              const fd = fh.fd
+              let position = 0
+              let stopped = false
+              let reading = false
+              /** Set by an interruption that waits for the read in flight (fh closes after it). */
+              let onReadSettled: (() => void) | undefined
+              const finish = (exit: Effect.Effect<boolean, CacheError.CacheError | E>) => {
+                if (stopped) return
+                stopped = true
+                resume(exit)
+              }
+              const next = () => {
+                if (position >= record.size) {
+                  // every chunk was given back through `done`: nothing holds the buffer any more
+                  if (spareBuffers.length < SPARE_BUFFERS) spareBuffers.push(buffer)
+                  return finish(Effect.succeed(hash.digest("hex") === record.digest))
+                }
+                reading = true
+                readCallback(fd, buffer, 0, Math.min(options.chunkSize, record.size - position), position, onRead)
+              }
+              const onRead = (error: NodeJS.ErrnoException | null, bytesRead: number) => {
+                reading = false
+                if (stopped) return onReadSettled?.()
+                if (error !== null) return finish(Effect.fail(ioError("read", error)))
+                // the file shrank under us: the digest check below fails it
+                if (bytesRead === 0) return finish(Effect.succeed(false))
+                const chunk = bytesRead === buffer.byteLength ? buffer : buffer.subarray(0, bytesRead)
+                hash.update(chunk)
+                position += bytesRead
+                write(chunk, onWritten)
+              }
+              const onWritten = (error: E | undefined) => {
+                if (stopped) return
+                if (error !== undefined) return finish(Effect.fail(error))
+                next()
+              }
+              next()
+              // interrupted: no further read or write starts; a read in flight is waited for, and a
+              // buffer possibly still lent (or being read into) is left to the collector
+              return Effect.async<void>((resumeCancel) => {
+                stopped = true
+                if (reading) onReadSettled = () => resumeCancel(Effect.void)
+                else resumeCancel(Effect.void)
+              })
+            }),
+            (verified) => verified ? Effect.void : failedWhileReading(record, "reading")
+          )
+      )
 
     const streaming: CB.StreamingCapability = {
       getStream: (key) =>
@@ -494,6 +580,11 @@ export const makeDiskBackend = (
             readInto: <E, R>(f: (chunk: Uint8Array) => Effect.Effect<void, E, R>) =>
               Effect.flatMap(
                 readRecordInto(key, record, f),
+                (read) => Option.isSome(read) ? Effect.void : Effect.fail(vanished(record))
+              ),
+            lendTo: <E>(write: CB.LentChunkWriter<E>) =>
+              Effect.flatMap(
+                lendRecordTo(key, record, write),
                 (read) => Option.isSome(read) ? Effect.void : Effect.fail(vanished(record))
               )
           })

@@ -18,15 +18,17 @@ const decoder = new TextDecoder()
 /** A body: whole bytes (an in-memory hit, no stream machinery needed) or a stream. */
 export type Body = Uint8Array | Stream.Stream<Uint8Array, unknown>
 
-/** A stored body's lending read (`CacheBackend.StreamedEntry.readInto`). */
-export type Lend = NonNullable<CacheBackend.StreamedEntry["readInto"]>
+/** A stored body that offers a lending read (`CacheBackend.StreamedEntry.readInto`, maybe `lendTo`). */
+export type Lend = CacheBackend.StreamedEntry & {
+  readonly readInto: NonNullable<CacheBackend.StreamedEntry["readInto"]>
+}
 
-/** Lending reads of stored body streams, by stream (see `storedBody`). */
+/** Stored bodies with lending reads, by their stream (see `storedBody`). */
 const lenders = new WeakMap<object, Lend>()
 
-/** The body of a stored entry read as a stream; remembers its lending read when the backend has one. */
+/** The body of a stored entry read as a stream; remembers its lending reads when the backend has them. */
 export const storedBody = (stored: CacheBackend.StreamedEntry): Stream.Stream<Uint8Array, unknown> => {
-  if (stored.readInto !== undefined) lenders.set(stored.body, stored.readInto)
+  if (stored.readInto !== undefined) lenders.set(stored.body, stored as Lend)
   return stored.body
 }
 
@@ -37,8 +39,8 @@ export class StreamResponse extends Inspectable.Class implements HttpClientRespo
   /** The whole body when it is already in memory (a hit from an in-process backend). */
   readonly whole: Uint8Array | undefined
   /**
-   * A stored body's lending read, when its backend offers one (the disk): the same bytes as
-   * `stream`, each chunk lent until the consumer's effect completes. Consume one of the two, once.
+   * A stored body's lending reads, when its backend offers them (the disk): the same bytes as
+   * `stream`, each chunk lent until the consumer is done with it. Consume one of them, once.
    */
   readonly lend: Lend | undefined
 

@@ -3,6 +3,7 @@
  *
  * @internal
  */
+import type { CacheError } from "@cachekit/core"
 import type { HttpApp, HttpClientResponse } from "@effect/platform"
 import {
   HttpBody,
@@ -308,11 +309,13 @@ const writeLent = (res: Http.ServerResponse, chunk: Uint8Array): Effect.Effect<v
   })
 
 /**
- * Serves a stored body through its backend's lending read (`StreamedEntry.readInto`, the disk):
- * the head, then each chunk straight to the socket, the next read starting once the socket took the
- * previous chunk. The read buffer is reused, so peak memory stays flat whatever the body size (an
- * Effect stream of fresh chunks leaves each one to the garbage collector). A body that fails mid-way
- * (the backend's integrity check removed it) cuts the connection: the client never sees a clean end.
+ * Serves a stored body through its backend's lending read (the disk): the head, then each chunk
+ * straight to the socket, the next read starting once the socket took the previous chunk. The read
+ * buffer is reused, so peak memory stays flat whatever the body size (an Effect stream of fresh
+ * chunks leaves each one to the garbage collector). `StreamedEntry.lendTo` is taken when offered: it
+ * runs no effect per chunk, whose garbage made the young generation grow back over long bodies
+ * (bench/README.md, "Proxy"); `readInto` otherwise. A body that fails mid-way (the backend's
+ * integrity check removed it) cuts the connection: the client never sees a clean end.
  * The response is ended here; the returned one is never written (the platform skips an ended one).
  */
 const serveLent = (
@@ -329,13 +332,21 @@ const serveLent = (
     // Without one, the body is chunked and only `end` writes its terminator.
     const declared = headers["content-length"] === undefined ? Number.NaN : Number(headers["content-length"])
     let sent = 0
-    return lend((chunk) => {
+    /** What of `chunk` goes out now: all of it but the body's last byte, which is kept in `last`. */
+    const toSend = (chunk: Uint8Array): Uint8Array => {
       sent += chunk.byteLength
-      if (sent !== declared || chunk.byteLength === 0) return writeLent(res, chunk)
+      if (sent !== declared || chunk.byteLength === 0) return chunk
       // a copy: `slice` of a Buffer (what the disk lends) is a view of the reused buffer
       last = new Uint8Array(chunk.subarray(chunk.byteLength - 1))
-      return chunk.byteLength === 1 ? Effect.void : writeLent(res, chunk.subarray(0, chunk.byteLength - 1))
-    })
+      return chunk.subarray(0, chunk.byteLength - 1)
+    }
+    if (lend.lendTo === undefined) {
+      return lend.readInto((chunk) => {
+        const out = toSend(chunk)
+        return out.byteLength === 0 && chunk.byteLength > 0 ? Effect.void : writeLent(res, out)
+      })
+    }
+    return writeLentTo(res, lend.lendTo, toSend)
   }).pipe(
     Effect.matchCauseEffect({
       onSuccess: () => Effect.sync(() => void (last === undefined ? res.end() : res.end(last))),
@@ -355,6 +366,38 @@ const serveLent = (
         )
     }),
     Effect.as(HttpServerResponse.empty())
+  )
+}
+
+/**
+ * `writeLent` for a `lendTo` read: each chunk goes to `res.write`, whose callback gives it back
+ * (`done`), or the connection's close does with `SocketGone`. One close listener and one write
+ * callback per response, nothing allocated per chunk but what the socket write itself needs.
+ */
+const writeLentTo = (
+  res: Http.ServerResponse,
+  lendTo: NonNullable<Lend["lendTo"]>,
+  toSend: (chunk: Uint8Array) => Uint8Array
+): Effect.Effect<void, SocketGone | CacheError.CacheError> => {
+  /** The `done` of the chunk the socket holds, if any. */
+  let pending: ((error: SocketGone | undefined) => void) | undefined
+  const settle = (error: unknown) => {
+    const done = pending
+    if (done === undefined) return
+    pending = undefined
+    done(error === undefined || error === null ? undefined : new SocketGone({ cause: error }))
+  }
+  const onClose = () => settle("closed")
+  res.once("close", onClose)
+  return Effect.ensuring(
+    lendTo<SocketGone>((chunk, done) => {
+      const out = toSend(chunk)
+      if (out.byteLength === 0 && chunk.byteLength > 0) return done(undefined)
+      if (res.destroyed) return done(new SocketGone({ cause: "destroyed" }))
+      pending = done
+      res.write(out, settle)
+    }),
+    Effect.sync(() => res.off("close", onClose))
   )
 }
 

@@ -149,10 +149,10 @@ const withStreaming = (
           if (!isStreamed(entry)) return Effect.succeedSome({ entry, body: Stream.succeed(entry.value) })
           const stored = bodies.get(entry)
           // the entry object was copied on the way up: open the stream again. The disk's
-          // `readInto` (lent chunks, one reused buffer) is passed on with its stream.
+          // `readInto` and `lendTo` (lent chunks, one reused buffer) are passed on with its stream.
           return stored === undefined
             ? streaming.getStream(key)
-            : Effect.succeedSome({ entry, body: stored.body, readInto: stored.readInto })
+            : Effect.succeedSome({ entry, body: stored.body, readInto: stored.readInto, lendTo: stored.lendTo })
         }),
       setStream: (key, entry, body) =>
         Effect.gen(function*() {
