@@ -56,6 +56,8 @@ const ceilingPowerOfTwo = (n: number): number => {
 
 export class CountMinSketch {
   private readonly table: Uint32Array
+  /** Scratch for `locate` (the four counters of the key at hand): no allocation per update. */
+  private readonly located = new Int32Array(4)
   /** 32 - log2(number of counters): `imul(hash, seed) >>> shift` is a counter index (unblocked layout). */
   private readonly shift: number
   /** 32 - log2(number of 16-word blocks): `imul(hash, SEED_0) >>> blockShift` is a block; -1 = unblocked. */
@@ -105,37 +107,38 @@ export class CountMinSketch {
 
   /** The estimated number of increments of `hash` since aging last halved it (0..15). */
   frequency(hash: number): number {
-    const t = this.table
-    let min: number
-    if (this.blockShift >= 0) {
-      const base = (Math.imul(hash, SEED_0) >>> this.blockShift) << 4
-      const bits = counterBits(hash)
-      min = (t[base | (bits & 3)]! >>> (((bits >>> 2) & 7) << 2)) & 15
-      min = Math.min(min, (t[base | 4 | ((bits >>> 8) & 3)]! >>> (((bits >>> 10) & 7) << 2)) & 15)
-      min = Math.min(min, (t[base | 8 | ((bits >>> 16) & 3)]! >>> (((bits >>> 18) & 7) << 2)) & 15)
-      min = Math.min(min, (t[base | 12 | ((bits >>> 24) & 3)]! >>> (((bits >>> 26) & 7) << 2)) & 15)
-    } else {
-      const sh = this.shift
-      let c = Math.imul(hash, SEED_0) >>> sh
-      min = (t[c >>> 3]! >>> ((c & 7) << 2)) & 15
-      c = Math.imul(hash, SEED_1) >>> sh
-      min = Math.min(min, (t[c >>> 3]! >>> ((c & 7) << 2)) & 15)
-      c = Math.imul(hash, SEED_2) >>> sh
-      min = Math.min(min, (t[c >>> 3]! >>> ((c & 7) << 2)) & 15)
-      c = Math.imul(hash, SEED_3) >>> sh
-      min = Math.min(min, (t[c >>> 3]! >>> ((c & 7) << 2)) & 15)
-    }
+    const at = this.locate(hash)
+    const min = Math.min(this.counterAt(at[0]!), this.counterAt(at[1]!), this.counterAt(at[2]!), this.counterAt(at[3]!))
     return this.doorkeeper.length === 0 || min === 15 ? min : min + (this.inDoorkeeper(hash) ? 1 : 0)
   }
 
-  /** Counter number (word * 8 + nibble) of `hash` in row `row` (0..3), in either layout. */
-  private counterOf(hash: number, row: number): number {
+  /**
+   * Fills `located` with the key's four counter numbers (word * 8 + nibble), one per row, in this
+   * sketch's layout, and returns it: the block and the in-block positions are hashed once per call.
+   */
+  private locate(hash: number): Int32Array {
+    const at = this.located
     if (this.blockShift < 0) {
-      return Math.imul(hash, row === 0 ? SEED_0 : row === 1 ? SEED_1 : row === 2 ? SEED_2 : SEED_3) >>> this.shift
+      const sh = this.shift
+      at[0] = Math.imul(hash, SEED_0) >>> sh
+      at[1] = Math.imul(hash, SEED_1) >>> sh
+      at[2] = Math.imul(hash, SEED_2) >>> sh
+      at[3] = Math.imul(hash, SEED_3) >>> sh
+      return at
     }
-    const bits = counterBits(hash) >>> (row << 3)
-    const word = ((Math.imul(hash, SEED_0) >>> this.blockShift) << 4) | (row << 2) | (bits & 3)
-    return (word << 3) | ((bits >>> 2) & 7)
+    // word = block | row's quarter | 2 bits; nibble = 3 bits; one byte of `bits` per row
+    const block = (Math.imul(hash, SEED_0) >>> this.blockShift) << 7 // counter number of the block's first
+    const bits = counterBits(hash)
+    at[0] = block | ((bits & 3) << 3) | ((bits >>> 2) & 7)
+    at[1] = block | ((4 | ((bits >>> 8) & 3)) << 3) | ((bits >>> 10) & 7)
+    at[2] = block | ((8 | ((bits >>> 16) & 3)) << 3) | ((bits >>> 18) & 7)
+    at[3] = block | ((12 | ((bits >>> 24) & 3)) << 3) | ((bits >>> 26) & 7)
+    return at
+  }
+
+  /** The value (0..15) of counter number `c`. */
+  private counterAt(c: number): number {
+    return (this.table[c >>> 3]! >>> ((c & 7) << 2)) & 15
   }
 
   private inDoorkeeper(hash: number): boolean {
@@ -172,27 +175,22 @@ export class CountMinSketch {
     if (this.conservative) {
       // Conservative update: only the counters at the current minimum grow, so collisions inflate
       // estimates much less for the same width.
-      const t = this.table
-      const h0 = this.counterOf(hash, 0)
-      const h1 = this.counterOf(hash, 1)
-      const h2 = this.counterOf(hash, 2)
-      const h3 = this.counterOf(hash, 3)
-      const c0 = (t[h0 >>> 3]! >>> ((h0 & 7) << 2)) & 15
-      const c1 = (t[h1 >>> 3]! >>> ((h1 & 7) << 2)) & 15
-      const c2 = (t[h2 >>> 3]! >>> ((h2 & 7) << 2)) & 15
-      const c3 = (t[h3 >>> 3]! >>> ((h3 & 7) << 2)) & 15
+      const at = this.locate(hash)
+      const c0 = this.counterAt(at[0]!)
+      const c1 = this.counterAt(at[1]!)
+      const c2 = this.counterAt(at[2]!)
+      const c3 = this.counterAt(at[3]!)
       const min = Math.min(c0, c1, c2, c3)
       if (min === 15) return
-      if (c0 === min) this.incrementAt(h0)
-      if (c1 === min) this.incrementAt(h1)
-      if (c2 === min) this.incrementAt(h2)
-      if (c3 === min) this.incrementAt(h3)
+      if (c0 === min) this.incrementAt(at[0]!)
+      if (c1 === min) this.incrementAt(at[1]!)
+      if (c2 === min) this.incrementAt(at[2]!)
+      if (c3 === min) this.incrementAt(at[3]!)
       added = 1
     } else {
-      added = this.incrementAt(this.counterOf(hash, 0)) |
-        this.incrementAt(this.counterOf(hash, 1)) |
-        this.incrementAt(this.counterOf(hash, 2)) |
-        this.incrementAt(this.counterOf(hash, 3))
+      const at = this.locate(hash)
+      added = this.incrementAt(at[0]!) | this.incrementAt(at[1]!) | this.incrementAt(at[2]!) |
+        this.incrementAt(at[3]!)
     }
     if (added !== 0 && ++this.additions >= this.sampleSize) this.reset()
   }
